@@ -1,0 +1,15 @@
+"""Small G+R-shaped tokenizer from the reference code ("d32"): ch 32 x (2,2,4,8,12),
+transformer 384 wide with 6 heads, /16 -> L=256, K=144."""
+from mergevq_jax.config_base import tokenizer_defaults
+
+
+def get_config():
+  config = tokenizer_defaults()
+  m = config.model
+  m.variant = "G+R-d32"
+  m.ch = 32
+  m.ch_mult = (2, 2, 4, 8, 12)
+  m.num_heads = 6
+  m.decoder_num_heads = 6
+  m.align_hidden = 1536
+  return config

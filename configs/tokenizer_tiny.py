@@ -1,0 +1,24 @@
+"""Tiny G+R-shaped tokenizer for CPU tests and demos: 64x64 images, CNN ch 32 x (1,1,2,2),
+/8 -> L=64, 4 ToMe blocks 64 wide, K=36 of 64. Runs in seconds on 2 CPU cores."""
+from mergevq_jax.config_base import tokenizer_defaults, keep_candidates, keep_probs
+
+
+def get_config():
+  config = tokenizer_defaults()
+  m = config.model
+  m.variant = "tiny"
+  m.image_size = 64
+  m.ch = 32
+  m.ch_mult = (1, 1, 2, 2)
+  m.num_res_blocks = 1
+  m.num_layers = 4
+  m.num_heads = 4
+  m.decoder_num_heads = 4
+  m.num_keep = 36
+  m.keep_candidates = keep_candidates(36, 4)   # 25, 36, 49, 64
+  m.keep_probs = keep_probs(4)
+  m.align_hidden = 128
+  m.recovery.width = 64
+  m.recovery.num_heads = 4
+  m.recovery.mlp_dim = 128
+  return config

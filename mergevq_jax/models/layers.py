@@ -1,0 +1,220 @@
+"""Layers shared by the encoder, decoder and source-recovery modules.
+
+Shapes: images and feature maps are NHWC; token sequences are (B, N, D). Every
+parameter carries logical axis names (see `mergevq_jax.sharding`). `dtype` is the
+compute dtype (float32 or bfloat16); parameters are always created in float32.
+Numerics follow the PyTorch reference (LayerNorm eps 1e-5, GroupNorm eps 1e-6, exact
+erf GELU) so that checkpoints export to PyTorch without drift.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mergevq_jax.sharding import axes, constrain
+
+TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
+# PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)).
+TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)
+
+
+def linear(cin: int, cout: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs,
+           dtype=jnp.float32, use_bias: bool = True, init=TRUNC_NORMAL) -> nnx.Linear:
+  return nnx.Linear(cin, cout, use_bias=use_bias, dtype=dtype, kernel_init=init,
+                    kernel_metadata=axes(*names), bias_metadata=axes(names[1]), rngs=rngs)
+
+
+def conv(cin: int, cout: int, kernel: int, *, rngs: nnx.Rngs, stride: int = 1,
+         use_bias: bool = True, dtype=jnp.float32, padding="SAME", groups: int = 1,
+         init=TORCH_DEFAULT) -> nnx.Conv:
+  """2-D conv on NHWC; 'SAME' padding equals PyTorch padding=k//2 for odd k, stride 1.
+
+  Strided convs use explicit symmetric padding (PyTorch semantics), not XLA 'SAME'.
+  """
+  if stride > 1 and padding == "SAME":
+    padding = ((kernel // 2, kernel // 2),) * 2
+  in_name = None if groups > 1 else "conv_in"
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding,
+                  feature_group_count=groups, use_bias=use_bias, dtype=dtype,
+                  kernel_init=init, kernel_metadata=axes(None, None, in_name, "conv_out"),
+                  bias_metadata=axes("conv_out"), rngs=rngs)
+
+
+def group_norm(channels: int, *, rngs: nnx.Rngs, dtype=jnp.float32, affine: bool = True
+               ) -> nnx.GroupNorm:
+  return nnx.GroupNorm(channels, num_groups=32, epsilon=1e-6, dtype=dtype,
+                       use_bias=affine, use_scale=affine, scale_metadata=axes("norm"),
+                       bias_metadata=axes("norm"), rngs=rngs)
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, eps: float = 1e-5
+               ) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, scale_metadata=axes("norm"),
+                       bias_metadata=axes("norm"), rngs=rngs)
+
+
+def constrain_tokens(x: jax.Array) -> jax.Array:
+  return constrain(x, ("batch", "length", "act_embed"))
+
+
+def constrain_map(x: jax.Array) -> jax.Array:
+  return constrain(x, ("batch", None, None, "act_channels"))
+
+
+class ResBlock(nnx.Module):
+  """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3 (+ 1x1 shortcut), convs without bias.
+
+  `pre_norm=False` drops the first GroupNorm (used after an AdaptiveGroupNorm).
+  """
+
+  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               pre_norm: bool = True):
+    self.norm1 = group_norm(cin, rngs=rngs, dtype=dtype) if pre_norm else None
+    self.conv1 = conv(cin, cout, 3, use_bias=False, dtype=dtype, rngs=rngs)
+    self.norm2 = group_norm(cout, rngs=rngs, dtype=dtype)
+    self.conv2 = conv(cout, cout, 3, use_bias=False, dtype=dtype, rngs=rngs)
+    self.shortcut = (conv(cin, cout, 1, use_bias=False, dtype=dtype, rngs=rngs)
+                     if cin != cout else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.norm1(x) if self.norm1 is not None else x
+    h = self.conv1(jax.nn.silu(h))
+    h = self.conv2(jax.nn.silu(self.norm2(h)))
+    res = self.shortcut(x) if self.shortcut is not None else x
+    return constrain_map(h + res)
+
+
+class Attention(nnx.Module):
+  """Multi-head self- or cross-attention; qkv kernels laid out (embed, heads, head_dim)."""
+
+  def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               cross: bool = False, implementation: str | None = None):
+    if dim % num_heads:
+      raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+    head_dim = dim // num_heads
+    self.implementation = implementation
+    self.dtype = dtype
+    in_names = axes("embed", None, "heads", "head_dim")
+    bias_names = axes(None, "heads", "head_dim")
+    einsum = lambda n: nnx.Einsum(
+        "btd,dkhc->btkhc", (dim, n, num_heads, head_dim), (n, num_heads, head_dim),
+        dtype=dtype, kernel_init=TRUNC_NORMAL, kernel_metadata=in_names,
+        bias_metadata=bias_names, rngs=rngs)
+    if cross:
+      self.q, self.kv, self.qkv = einsum(1), einsum(2), None
+    else:
+      self.q, self.kv, self.qkv = None, None, einsum(3)
+    self.out = nnx.Einsum("bthc,hcd->btd", (num_heads, head_dim, dim), (dim,), dtype=dtype,
+                          kernel_init=TRUNC_NORMAL,
+                          kernel_metadata=axes("heads", "head_dim", "embed"),
+                          bias_metadata=axes("embed"), rngs=rngs)
+
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               key_bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """x: (B, T, D) queries; context: (B, S, D) for cross-attention.
+
+    key_bias: (B, 1, 1, S) added to the logits (proportional attention).
+    Returns (output (B, T, D), keys averaged over heads (B, S, head_dim)).
+    """
+    if self.qkv is not None:
+      q, k, v = jnp.moveaxis(self.qkv(x), 2, 0)
+    else:
+      q = self.q(x)[:, :, 0]
+      k, v = jnp.moveaxis(self.kv(context), 2, 0)
+    q = constrain(q, ("batch", "length", "act_heads", None))
+    bias = None if key_bias is None else key_bias.astype(q.dtype)
+    o = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.implementation)
+    return self.out(o), jnp.mean(k, axis=2)
+
+
+class Mlp(nnx.Module):
+  """fc1 -> GELU -> fc2; `mix=True` inserts a depthwise 3x3 conv on the token grid
+  before the GELU (MixFFN of the decoder)."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               mix: bool = False):
+    self.fc1 = linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.dwconv = (conv(hidden, hidden, 3, groups=hidden, dtype=dtype, rngs=rngs, init=TRUNC_NORMAL)
+                   if mix else None)
+    self.fc2 = linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
+    h = constrain(self.fc1(x), ("batch", "length", "act_mlp"))
+    if self.dwconv is not None:
+      b, n, c = h.shape
+      h = self.dwconv(h.reshape(b, *grid, c)).reshape(b, n, c)
+    return self.fc2(gelu(h))
+
+
+class LayerScale(nnx.Module):
+  def __init__(self, dim: int, init_value: float):
+    self.gamma = nnx.Param(jnp.full((dim,), init_value, jnp.float32), **axes("norm"))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x * self.gamma[...].astype(x.dtype)
+
+
+class TransformerBlock(nnx.Module):
+  """Pre-LN block: x + ls1(attn(ln1 x)); [ToMe merge goes here]; x + ls2(mlp(ln2 x))."""
+
+  def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               mlp_ratio: float = 4.0, init_values: float = 1e-5, mix_mlp: bool = False,
+               attention_impl: str | None = None):
+    self.norm1 = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.attn = Attention(dim, num_heads, rngs=rngs, dtype=dtype, implementation=attention_impl)
+    self.ls1 = LayerScale(dim, init_values)
+    self.norm2 = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype, mix=mix_mlp)
+    self.ls2 = LayerScale(dim, init_values)
+
+  def attention_residual(self, x: jax.Array, key_bias: jax.Array | None = None
+                         ) -> tuple[jax.Array, jax.Array]:
+    """Returns (x + attention branch, head-averaged keys as the ToMe metric)."""
+    h, metric = self.attn(self.norm1(x), key_bias=key_bias)
+    return constrain_tokens(x + self.ls1(h)), metric
+
+  def mlp_residual(self, x: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
+    return constrain_tokens(x + self.ls2(self.mlp(self.norm2(x), grid)))
+
+  def __call__(self, x: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
+    return self.mlp_residual(self.attention_residual(x)[0], grid)
+
+
+class MLPHead(nnx.Module):
+  """Alignment head on the [CLS] feature.
+
+  'layer3': D -> H -> GELU -> H -> GELU -> out (G+R, R);
+  'layer2_ln': D -> H -> GELU -> LayerNorm -> out (G).
+  """
+
+  def __init__(self, dim: int, hidden: int, out: int, kind: str, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    if kind not in ("layer3", "layer2_ln"):
+      raise ValueError(f"align head kind must be 'layer3' or 'layer2_ln', got {kind!r}")
+    self.fc1 = linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    if kind == "layer3":
+      self.fc2 = linear(hidden, hidden, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+      self.norm = None
+    else:
+      self.fc2 = None
+      self.norm = layer_norm(hidden, rngs=rngs, dtype=dtype)
+    self.fc_out = linear(hidden, out, ("embed", "mlp") if kind == "layer3" else ("mlp", "embed"),
+                         dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = gelu(self.fc1(x))
+    h = gelu(self.fc2(h)) if self.fc2 is not None else self.norm(h)
+    return self.fc_out(h)
+
+
+def count_params(module_or_state) -> int:
+  """Number of scalar parameters (nnx.Param) in a module or state."""
+  state = (nnx.state(module_or_state, nnx.Param) if isinstance(module_or_state, nnx.Module)
+           else module_or_state)
+  return int(sum(x.size for x in jax.tree.leaves(state)))
+
