@@ -1,9 +1,10 @@
 """Tiny G+R-shaped tokenizer for CPU tests and demos: 64x64 images, CNN ch 32 x (1,1,2,2),
 /8 -> L=64, 4 ToMe blocks 64 wide, K=36 of 64. Runs in seconds on 2 CPU cores."""
-from mergevq_jax.config_base import tokenizer_defaults, keep_candidates, keep_probs
+from mergevq_jax.config_base import apply_platform, tokenizer_defaults, keep_candidates, keep_probs
 
 
-def get_config():
+def get_config(platform=None):
+  """platform: 'cpu', 'gpu' or 'tpu' preset (`--config=<this file>:gpu`), default as is."""
   config = tokenizer_defaults()
   m = config.model
   m.variant = "tiny"
@@ -21,4 +22,4 @@ def get_config():
   m.recovery.width = 64
   m.recovery.num_heads = 4
   m.recovery.mlp_dim = 128
-  return config
+  return apply_platform(config, platform)

@@ -14,6 +14,28 @@ from mergevq_jax.sharding import DEFAULT_RULES
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 
+# What each platform preset sets: compute dtype, attention implementation, mesh.
+PLATFORM_PRESETS = {
+    "cpu": dict(dtype="float32", attention_impl="xla", mesh_shape=(-1, 1, 1)),
+    "gpu": dict(dtype="bfloat16", attention_impl="cudnn", mesh_shape=(-1, 1, 1)),
+    "tpu": dict(dtype="bfloat16", attention_impl="xla", mesh_shape=(1, -1, 1)),
+}
+
+
+def apply_platform(config: ml_collections.ConfigDict, platform: str | None
+                   ) -> ml_collections.ConfigDict:
+  """Set the platform preset (`--config=configs/x.py:gpu`); None or '' keeps the config."""
+  if not platform:
+    return config
+  if platform not in PLATFORM_PRESETS:
+    raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
+  preset = PLATFORM_PRESETS[platform]
+  config.platform = platform
+  config.dtype = preset["dtype"]
+  config.model.attention_impl = preset["attention_impl"]
+  config.sharding.mesh_shape = preset["mesh_shape"]
+  return config
+
 
 def keep_candidates(num_keep: int, count: int) -> tuple[int, ...]:
   """Reference candidate set around K: (sqrt(K) + i)^2 for i = -1 .. count - 2."""

@@ -1,0 +1,72 @@
+"""Variant configs reproduce the paper's Table A1 parameter counts; `info` prints JSON."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mergevq_jax.info import tokenizer_info
+
+from conftest import ROOT, load_config
+
+# (config, encoder params, decoder params), paper Table A1.
+TABLE_A1 = [("tokenizer_g", 62.3e6, 82.8e6), ("tokenizer_gr", 62.7e6, 83.4e6),
+            ("tokenizer_r", 86.6e6, 83.4e6)]
+
+
+@pytest.mark.parametrize("name, enc, dec", TABLE_A1)
+def test_parameter_counts_match_paper(name, enc, dec):
+  info = tokenizer_info(load_config(name), with_flops=False)
+  assert abs(info["encoder_params"] / enc - 1) < 0.02
+  assert abs(info["decoder_params"] / dec - 1) < 0.02
+  assert info["total_params"] == sum(info[k] for k in (
+      "encoder_params", "decoder_params", "quantizer_params", "recovery_params",
+      "align_head_params"))
+
+
+def test_variant_geometry_and_alignment_heads():
+  g, gr, r = (tokenizer_info(load_config(n), with_flops=False) for n, _, _ in TABLE_A1)
+  assert (g["num_tokens"], g["num_keep"]) == (1024, 256)
+  assert (gr["num_tokens"], gr["num_keep"]) == (256, 144)
+  assert (r["num_tokens"], r["num_keep"]) == (256, 36)
+  assert gr["merge_schedule"] == [12, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 5]
+  # G+R head 512->2048->2048->768, G head 512->2048->LN->768 (weights + biases).
+  assert gr["align_head_params"] == 512 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 768 + 768
+  assert g["align_head_params"] == 512 * 2048 + 2048 + 2 * 2048 + 2048 * 768 + 768
+  assert 6.5e6 < gr["recovery_params"] < 8e6  # "~7M" in the paper
+
+
+@pytest.mark.parametrize("name", ["tokenizer_d32", "tokenizer_d96", "tokenizer_tiny"])
+def test_other_sizes_build(name):
+  info = tokenizer_info(load_config(name), with_flops=False)
+  assert info["encoder_params"] > 0 and info["decoder_params"] > 0
+
+
+def run_info(*args):
+  return subprocess.run([sys.executable, "-m", "mergevq_jax.info", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_info_cli_prints_json_with_flops():
+  out = run_info("--config=configs/tokenizer_tiny.py")
+  assert out.returncode == 0, out.stderr
+  info = json.loads(out.stdout)
+  for key in ("encoder_params", "decoder_params", "quantizer_params", "recovery_params",
+              "align_head_params", "total_params", "num_tokens", "num_keep",
+              "encoder_gflops", "decoder_gflops"):
+    assert key in info
+  assert info["encoder_gflops"] > 0.05 and info["decoder_gflops"] > info["encoder_gflops"]
+
+
+def test_info_cli_rejects_unknown_key_and_bad_k():
+  out = run_info("--config=configs/tokenizer_tiny.py", "--config.model.foo=3")
+  assert out.returncode == 2 and "'foo' does not exist" in out.stderr
+  out = run_info("--config=configs/tokenizer_tiny.py", "--config.model.num_keep=300", "--noflops")
+  assert out.returncode == 2 and "num_keep" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_info_gr_flops_match_paper():
+  info = json.loads(run_info("--config=configs/tokenizer_gr.py").stdout)
+  assert abs(info["encoder_gmacs"] / 46.4 - 1) < 0.05
+  assert abs(info["decoder_gmacs"] / 65.6 - 1) < 0.05
