@@ -49,8 +49,7 @@ class Decoder(nnx.Module):
     ch, ch_mult = cfg.ch, tuple(cfg.ch_mult)
     width = ch * ch_mult[-1]
     self.conv_in = layers.conv(cfg.z_channels, width, 3, dtype=dtype, rngs=rngs)
-    self.pos_conv = layers.conv(width, width, 3, groups=width, dtype=dtype, rngs=rngs,
-                                init=layers.TRUNC_NORMAL)
+    self.pos_conv = layers.DepthwiseConv(width, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
         layers.TransformerBlock(width, cfg.decoder_num_heads, init_values=cfg.init_values,
                                 mix_mlp=True, dtype=dtype, attention_impl=cfg.attention_impl,

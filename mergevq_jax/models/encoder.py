@@ -60,9 +60,7 @@ class PatchStem(nnx.Module):
                in_channels: int = 3):
     self.proj = layers.conv(in_channels, width, patch, stride=patch, padding="VALID",
                             dtype=dtype, rngs=rngs)
-    self.norm = nnx.GroupNorm(width, num_groups=width, epsilon=1e-6, dtype=dtype,
-                              scale_metadata=axes("norm"), bias_metadata=axes("norm"),
-                              rngs=rngs)
+    self.norm = layers.GroupNorm(width, num_groups=width, dtype=dtype, rngs=rngs)
     self.out_channels = width
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -30,26 +30,85 @@ def linear(cin: int, cout: int, names: tuple[str | None, str | None], *, rngs: n
 
 
 def conv(cin: int, cout: int, kernel: int, *, rngs: nnx.Rngs, stride: int = 1,
-         use_bias: bool = True, dtype=jnp.float32, padding="SAME", groups: int = 1,
-         init=TORCH_DEFAULT) -> nnx.Conv:
+         use_bias: bool = True, dtype=jnp.float32, padding="SAME", init=TORCH_DEFAULT
+         ) -> nnx.Conv:
   """2-D conv on NHWC; 'SAME' padding equals PyTorch padding=k//2 for odd k, stride 1.
 
   Strided convs use explicit symmetric padding (PyTorch semantics), not XLA 'SAME'.
   """
   if stride > 1 and padding == "SAME":
     padding = ((kernel // 2, kernel // 2),) * 2
-  in_name = None if groups > 1 else "conv_in"
   return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding,
-                  feature_group_count=groups, use_bias=use_bias, dtype=dtype,
-                  kernel_init=init, kernel_metadata=axes(None, None, in_name, "conv_out"),
+                  use_bias=use_bias, dtype=dtype,
+                  kernel_init=init, kernel_metadata=axes(None, None, "conv_in", "conv_out"),
                   bias_metadata=axes("conv_out"), rngs=rngs)
 
 
+class DepthwiseConv(nnx.Module):
+  """Depthwise k x k conv (stride 1, zero 'SAME' padding, bias) on NHWC.
+
+  Kernel layout (k, k, 1, C) as nnx.Conv with feature_group_count=C. Computed as k*k
+  shifted multiply-adds that XLA fuses into one pass: on XLA:CPU ~30x faster than
+  conv_general_dilated with feature_group_count=C (78 ms -> 2.3 ms for 8x16x16x2048).
+  """
+
+  def __init__(self, channels: int, kernel: int = 3, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.kernel = nnx.Param(TRUNC_NORMAL(rngs.params(), (kernel, kernel, 1, channels)),
+                            **axes(None, None, None, "conv_out"))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32), **axes("conv_out"))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel.shape[0]
+    p = k // 2
+    h, w = x.shape[1:3]
+    x = x.astype(self.dtype)
+    kernel = self.kernel[...].astype(self.dtype)
+    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    out = self.bias[...].astype(self.dtype)
+    for i in range(k):
+      for j in range(k):
+        out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+    return out
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm over (B, ..., C): statistics per sample and group over all middle axes.
+
+  Same math as torch.nn.GroupNorm (biased variance, eps inside the sqrt). Computed as
+  per-channel sums over the spatial/token axes, then averaged within groups: on XLA:CPU
+  this is ~3x faster than reshaping to (..., groups, C/groups) and reducing, and the
+  normalisation fuses into one elementwise pass with what follows (e.g. SiLU).
+  Statistics are float32 whatever the compute dtype.
+  """
+
+  def __init__(self, channels: int, num_groups: int = 32, *, rngs: nnx.Rngs | None = None,
+               dtype=jnp.float32, affine: bool = True, eps: float = 1e-6):
+    del rngs  # deterministic init; kept for a uniform constructor signature
+    if channels % num_groups:
+      raise ValueError(f"{channels} channels do not split into {num_groups} groups")
+    self.num_groups, self.eps, self.dtype = num_groups, eps, dtype
+    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32), **axes("norm")) if affine else None
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32), **axes("norm")) if affine else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, c = x.shape[0], x.shape[-1]
+    reduce_axes = tuple(range(1, x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=reduce_axes).reshape(b, self.num_groups, -1).mean(-1)
+    mean_sq = jnp.mean(xf * xf, axis=reduce_axes).reshape(b, self.num_groups, -1).mean(-1)
+    inv = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + self.eps)
+    inv = jnp.repeat(inv, c // self.num_groups, axis=1)    # (B, C)
+    mean = jnp.repeat(mean, c // self.num_groups, axis=1)
+    scale = inv if self.scale is None else inv * self.scale[...]
+    shift = -mean * scale if self.bias is None else self.bias[...] - mean * scale
+    bshape = (b,) + (1,) * len(reduce_axes) + (c,)
+    return (xf * scale.reshape(bshape) + shift.reshape(bshape)).astype(self.dtype)
+
+
 def group_norm(channels: int, *, rngs: nnx.Rngs, dtype=jnp.float32, affine: bool = True
-               ) -> nnx.GroupNorm:
-  return nnx.GroupNorm(channels, num_groups=32, epsilon=1e-6, dtype=dtype,
-                       use_bias=affine, use_scale=affine, scale_metadata=axes("norm"),
-                       bias_metadata=axes("norm"), rngs=rngs)
+               ) -> GroupNorm:
+  return GroupNorm(channels, 32, dtype=dtype, affine=affine, rngs=rngs)
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, eps: float = 1e-5
@@ -139,8 +198,7 @@ class Mlp(nnx.Module):
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
                mix: bool = False):
     self.fc1 = linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.dwconv = (conv(hidden, hidden, 3, groups=hidden, dtype=dtype, rngs=rngs, init=TRUNC_NORMAL)
-                   if mix else None)
+    self.dwconv = DepthwiseConv(hidden, dtype=dtype, rngs=rngs) if mix else None
     self.fc2 = linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
