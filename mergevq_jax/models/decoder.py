@@ -52,8 +52,8 @@ class Decoder(nnx.Module):
     self.pos_conv = layers.DepthwiseConv(width, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
         layers.TransformerBlock(width, cfg.decoder_num_heads, init_values=cfg.init_values,
-                                mix_mlp=True, dtype=dtype, attention_impl=cfg.attention_impl,
-                                rngs=rngs)
+                                mix_mlp=True, dtype=dtype, rngs=rngs,
+                                attention_impl=cfg.attention_impl or None)
         for _ in range(cfg.num_layers)])
     # Levels from the coarsest (width channels) to the finest (ch channels).
     adaptive, levels, upsample = [], [], []

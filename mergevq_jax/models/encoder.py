@@ -83,7 +83,7 @@ class Encoder(nnx.Module):
         nnx.initializers.normal(1e-6)(rngs.params(), (1, 1, width)), **axes(None, None, "embed"))
     self.blocks = nnx.List([
         layers.TransformerBlock(width, cfg.num_heads, init_values=cfg.init_values, dtype=dtype,
-                                attention_impl=cfg.attention_impl, rngs=rngs)
+                                attention_impl=cfg.attention_impl or None, rngs=rngs)
         for _ in range(cfg.num_layers)])
     self.norm_out = layers.group_norm(width, dtype=dtype, rngs=rngs)
     self.conv_out = layers.linear(width, cfg.z_channels, ("embed", None), dtype=dtype, rngs=rngs,

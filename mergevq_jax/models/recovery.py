@@ -41,9 +41,11 @@ class SourceRecoveryOutput(NamedTuple):
 
 class SourceRecovery(nnx.Module):
 
-  def __init__(self, cfg, num_tokens: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg, z_channels: int, num_tokens: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    """cfg: the model.recovery config (width, num_heads, mlp_dim, num_*_layers)."""
     dim = cfg.width
-    self.embed = layers.linear(cfg.z_channels, dim, (None, "embed"), dtype=dtype, rngs=rngs)
+    self.embed = layers.linear(z_channels, dim, (None, "embed"), dtype=dtype, rngs=rngs)
     self.norm_in = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
     self.queries = nnx.Param(nnx.initializers.normal(1e-6)(rngs.params(), (1, num_tokens, dim)),
                              **axes(None, "length", "embed"))

@@ -49,15 +49,13 @@ class Tokenizer(nnx.Module):
     self.config = config
     m = config.model
     dtype = DTYPES[config.dtype]
-    impl = m.attention_impl or None
-    enc_cfg = _Namespace(m, attention_impl=impl)
-    self.encoder = Encoder(enc_cfg, dtype=dtype, rngs=rngs)
-    self.decoder = Decoder(enc_cfg, dtype=dtype, rngs=rngs)
+    self.encoder = Encoder(m, dtype=dtype, rngs=rngs)
+    self.decoder = Decoder(m, dtype=dtype, rngs=rngs)
     width = config_base.encoder_width(m)
     self.align_head = (layers.MLPHead(width, m.align_hidden, m.align_dim, m.align_head,
                                       dtype=dtype, rngs=rngs) if m.align_head else None)
-    self.recovery = (SourceRecovery(_Namespace(m.recovery, z_channels=m.z_channels),
-                                    self.num_tokens, dtype=dtype, rngs=rngs)
+    self.recovery = (SourceRecovery(m.recovery, m.z_channels, self.num_tokens, dtype=dtype,
+                                    rngs=rngs)
                      if m.recovery.enabled else None)
 
   # ------------------------------------------------------------------ geometry
@@ -166,18 +164,6 @@ class Tokenizer(nnx.Module):
     if self.recovery is None:
       raise ValueError("this config has no source-recovery module (model.recovery.enabled)")
     return self.recovery(tokens)
-
-
-class _Namespace:
-  """Attribute view of a ConfigDict with a few overrides (keeps modules config-agnostic)."""
-
-  def __init__(self, base, **overrides):
-    self._base, self._over = base, overrides
-
-  def __getattr__(self, name):
-    if name in self._over:
-      return self._over[name]
-    return getattr(self._base, name)
 
 
 def jit_method(graphdef: nnx.GraphDef, name: str, static_argnames=("num_keep",), **jit_kwargs):
