@@ -10,6 +10,7 @@ import math
 
 import ml_collections
 
+from mergevq_jax.models import tome
 from mergevq_jax.sharding import DEFAULT_RULES
 
 PLATFORMS = ("cpu", "gpu", "tpu")
@@ -131,8 +132,6 @@ def num_tokens(m, image_size: int | None = None) -> int:
 
 def validate_config(config) -> None:
   """ValueError naming the first problem; returns None if the config is usable."""
-  from mergevq_jax.models import tome  # local: tome imports nothing from here
-
   unknown = _diff_keys(config, tokenizer_defaults())
   if unknown:
     raise ValueError(f"config key(s) {unknown} do not exist; see "
@@ -152,12 +151,10 @@ def validate_config(config) -> None:
                             ("decoder_num_heads", m.ch * m.ch_mult[-1], m.decoder_num_heads)):
     if width % heads:
       raise ValueError(f"model.{key}={heads} does not divide the width {width}")
-  for key, width in (("model.ch * ch_mult", [m.ch * k for k in m.ch_mult]),):
-    bad = [w for w in width if w % 32]
-    if bad:
-      raise ValueError(f"{key} channels {bad} are not divisible by 32 GroupNorm groups")
-  if encoder_width(m) % 32:
-    raise ValueError(f"encoder width {encoder_width(m)} is not divisible by 32 GroupNorm groups")
+  bad = [w for w in [m.ch * k for k in m.ch_mult] + [encoder_width(m)] if w % 32]
+  if bad:
+    raise ValueError(f"channel widths {bad} (model.ch * ch_mult, encoder width) are not "
+                     f"divisible by the 32 GroupNorm groups")
   L = num_tokens(m)
   for k in (m.num_keep,) + tuple(m.keep_candidates):
     try:
