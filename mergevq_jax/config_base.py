@@ -99,6 +99,53 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   q.commit_weight = 0.25
   q.entropy_weight = 0.1
 
+  d = c.data = ml_collections.ConfigDict()
+  d.source = "samples"         # 'samples' (offline photos in installed packages), 'folder', 'tfds'
+  d.path = ""                  # folder: root with class sub-folders; tfds: data_dir
+  d.tfds_name = "imagenet2012"
+  d.split = "train"
+  d.crop_scale = (0.8, 1.0)    # main view: random-resized-crop area fraction, then flip
+  d.align_views = False        # also yield 'weak' and 'strong' views for the alignment loss
+  d.align_size = 224
+  d.strong_scale = (0.08, 1.0)
+  d.num_workers = 0            # grain worker processes (0: in the main process)
+  d.eval_images = 8            # held-out images for PSNR / reconstructions
+
+  t = c.train = ml_collections.ConfigDict()
+  t.batch_size = 256           # global batch (split over the data-parallel devices)
+  t.steps = 1_000_000
+  t.lr = 1e-4
+  t.b1 = 0.5
+  t.b2 = 0.9
+  t.lr_drops = (0.85, 0.95)    # lr x0.1 at these fractions of training
+  t.ema_decay = 0.999
+  t.grad_clip = 0.0            # global-norm clip; 0 disables (R uses 5.0)
+  t.accum_steps = 1            # gradient accumulation: batch_size / accum_steps per micro-step
+  t.nan_patience = 10          # stop after this many non-finite steps in a row
+  t.log_every = 50
+  t.eval_every = 1000
+  t.image_every = 1000
+  t.ckpt_every = 5000
+  t.keep_ckpts = 3
+
+  lo = c.loss = ml_collections.ConfigDict()
+  lo.pixel = "l1"              # 'l1' (reference code) or 'l2' (paper)
+  lo.pixel_weight = 1.0
+  lo.lpips_weight = 1.0        # 0.7 in the paper
+  lo.lpips_path = ""           # converted LPIPS-VGG16 weights; '' turns LPIPS off
+  lo.gan_weight = 0.1
+  lo.disc_start = 0            # step at which the adversarial losses switch on
+  lo.lecam_weight = 0.01
+  lo.lecam_decay = 0.999
+  lo.align_weight = 1.0        # 0.1 for G
+  lo.teacher_path = ""         # DINOv2 ViT-B/14 weights; '' turns the alignment loss off
+  lo.recovery_weight = 0.5     # source-recovery BCE (1.0 for R)
+
+  di = c.disc = ml_collections.ConfigDict()
+  di.enabled = True
+  di.base_channels = 64
+  di.num_layers = 3
+
   s = c.sharding = ml_collections.ConfigDict()
   s.mesh_shape = (-1, 1, 1)    # (data, fsdp, tensor); -1 takes the remaining devices
   s.rules = DEFAULT_RULES
