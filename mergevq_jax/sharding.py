@@ -4,7 +4,8 @@ Every parameter carries logical axis names in its Variable metadata under the ke
 `logical_axes` (e.g. ('embed', 'mlp') for an MLP kernel); key activations are
 constrained with `constrain(x, names)`. One rules table (config.sharding.rules) maps
 logical names to mesh axes ('data', 'fsdp', 'tensor'). A logical dimension whose size
-is not divisible by its mesh axes is replicated instead (e.g. a 3-channel conv input).
+is not divisible by its mesh axes drops trailing axes until it divides (a 3-channel
+conv input is replicated; a batch of 4 on data=2, fsdp=4 splits over data only).
 
 Axis types: the mesh uses `AxisType.Auto` on purpose. Explicit axes (the default of
 `jax.make_mesh`) put shardings into array types and require every op to have a
@@ -95,24 +96,30 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None,
     target = table.get(name) if name is not None else None
     mesh_axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
     mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1 and a not in used)
-    size = math.prod(mesh.shape[a] for a in mesh_axes)
-    if shape is not None and size > 1 and shape[i] % size:
-      mesh_axes = ()
+    while shape is not None and mesh_axes and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
+      mesh_axes = mesh_axes[:-1]  # drop trailing axes until the dimension divides
     used.update(mesh_axes)
     spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
   return P(*spec)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules) -> Any:
-  """NamedSharding for every Variable of an nnx State (abstract or concrete)."""
-  def one(var):
-    names = var.get_metadata().get(LOGICAL_KEY)
+def state_shardings(tree: Any, mesh: Mesh, rules) -> Any:
+  """NamedSharding for every leaf of a pytree (abstract or concrete).
+
+  nnx Variables (parameters, and optax states built from them, which keep the
+  metadata) are placed by their logical axes; any other leaf (step counters, EMAs of
+  scalars) is replicated.
+  """
+  def one(x):
+    if not isinstance(x, nnx.Variable):
+      return NamedSharding(mesh, P())
+    names = x.get_metadata().get(LOGICAL_KEY)
     if names is None:
-      names = (None,) * len(var.shape)
-    if len(names) != len(var.shape):
-      raise ValueError(f"logical axes {names} do not match parameter shape {var.shape}")
-    return var.replace(NamedSharding(mesh, logical_to_spec(names, var.shape, rules, mesh)))
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+      names = (None,) * len(x.shape)
+    if len(names) != len(x.shape):
+      raise ValueError(f"logical axes {names} do not match parameter shape {x.shape}")
+    return x.replace(NamedSharding(mesh, logical_to_spec(names, x.shape, rules, mesh)))
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 @contextlib.contextmanager
@@ -137,7 +144,11 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 
 def shard_batch(x: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
-  """Put a host batch (leading axis = batch) onto the mesh, batch split over data axes."""
+  """Put a host batch (leading axis = batch) onto the mesh, batch split over data axes.
+
+  Single-host only (the array is the global batch); multi-host training assembles the
+  global batch with jax.make_array_from_process_local_data, as the trainer does.
+  """
   def put(a):
     a = np.asarray(a) if not isinstance(a, jax.Array) else a
     dp = math.prod(mesh.shape[ax] for ax in ("data", "fsdp"))

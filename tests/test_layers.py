@@ -23,6 +23,16 @@ def test_group_norm_equals_flax(shape, groups):
   np.testing.assert_allclose(y.var(axis=(1, 3)), 1, atol=1e-3)
 
 
+@pytest.mark.parametrize("offset", [1e2, 1e3])
+def test_group_norm_is_accurate_when_the_mean_dwarfs_the_spread(offset):
+  x = offset + jax.random.normal(jax.random.key(0), (2, 9, 7, 64))
+  xr = np.asarray(x, np.float64).reshape(2, -1, 32, 2)
+  ref = (xr - xr.mean(axis=(1, 3), keepdims=True)) / np.sqrt(
+      xr.var(axis=(1, 3), keepdims=True) + 1e-6)
+  out = np.asarray(layers.GroupNorm(64, 32)(x))
+  np.testing.assert_allclose(out, ref.reshape(x.shape), atol=2e-3)
+
+
 def test_depthwise_conv_equals_grouped_conv():
   c = 16
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, c))

@@ -19,6 +19,23 @@ def test_schedule_sums_and_decreases(L, K):
   assert all(a >= b for a, b in zip(r[1:], r[2:]))  # non-increasing after the first block
 
 
+@pytest.mark.parametrize("L", [64, 256, 1024])
+def test_schedule_valid_for_every_k_from_half_to_all(L):
+  for K in range(L // 2, L + 1):
+    r = tome.merge_schedule(12, L, K)
+    assert sum(r) == L - K and min(r) >= 0
+
+
+def test_merging_half_of_the_tokens_in_a_block():
+  """r at its maximum (half the patch tokens), odd and even token counts."""
+  for n in (16, 17):
+    x, metrics = random_inputs(num_patches=n, steps=1, seed=n)
+    out, state = run_merges(x, metrics, (n // 2,))
+    assert out.shape[1] == 1 + n - n // 2
+    np.testing.assert_array_equal(np.asarray(state.size[:, 0]), 1)  # [CLS] kept
+    np.testing.assert_array_equal(np.asarray(state.size[:, 1:]).sum(-1), n)
+
+
 def test_schedule_identity_and_errors():
   assert tome.merge_schedule(12, 256, 256) == (0,) * 12
   with pytest.raises(ValueError, match=r"\[1, L=256\]"):

@@ -36,7 +36,7 @@ class AdaptiveGroupNorm(nnx.Module):
 
   def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
     zf = z.astype(jnp.float32)
-    std = jnp.sqrt(jnp.var(zf, axis=(1, 2)) + 1e-6)
+    std = jnp.sqrt(jnp.var(zf, axis=(1, 2), ddof=1) + 1e-6)  # unbiased, as torch.var
     mean = jnp.mean(zf, axis=(1, 2))
     scale = self.gamma(std.astype(x.dtype))[:, None, None, :]
     shift = self.beta(mean.astype(x.dtype))[:, None, None, :]

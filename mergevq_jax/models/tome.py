@@ -68,6 +68,8 @@ def merge_schedule(num_layers: int, num_tokens: int, num_keep: int) -> tuple[int
     step = (stop - start) / (num_layers - 1)
     schedule = [int(start + step * i) for i in range(num_layers)]
     schedule[0] += total - sum(schedule)
+    if schedule[0] < 0:  # K close to L: the linear rule overshoots; spread evenly instead
+      schedule = [total // num_layers + (i < total % num_layers) for i in range(num_layers)]
   check_schedule(schedule, num_tokens)
   return tuple(schedule)
 
@@ -107,7 +109,7 @@ def bipartite_matching(metric: jax.Array, r: int) -> Matching:
   its most similar (cosine) B token; the r A tokens with the highest scores merge.
   """
   metric = metric.astype(jnp.float32)
-  metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
+  metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), 1e-12)
   a, b = metric[:, ::2], metric[:, 1::2]
   scores = jnp.einsum("bic,bjc->bij", a, b)
   scores = scores.at[:, 0, :].set(-jnp.inf)  # protect [CLS]

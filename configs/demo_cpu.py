@@ -1,0 +1,47 @@
+"""The main demo: a small G+R-shaped tokenizer (CNN + ToMe transformer + LFQ + decoder)
+trained on the offline sample photographs, in a few minutes on 2 CPU cores.
+
+  python -m mergevq_jax.main --config=configs/demo_cpu.py --workdir=/tmp/mergevq_demo
+
+LPIPS and the DINOv2 teacher are off unless weight files are given
+(--config.loss.lpips_path=..., --config.loss.teacher_path=... with
+--config.data.align_views=True). The discriminator switches on after 60% of the steps.
+"""
+import importlib.util
+import os
+
+from mergevq_jax.config_base import apply_platform, keep_candidates, keep_probs
+
+
+def _tiny():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer_tiny.py")
+  spec = importlib.util.spec_from_file_location("tokenizer_tiny", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(platform="cpu"):
+  config = _tiny()
+  m = config.model
+  m.variant = "demo"
+  m.recovery.enabled = True
+  m.keep_candidates = keep_candidates(36, 3)  # 25, 36, 49
+  m.keep_probs = keep_probs(3)
+  t = config.train
+  t.batch_size = 8
+  t.steps = 600
+  t.lr = 1e-3
+  t.ema_decay = 0.99
+  t.log_every = 20
+  t.eval_every = 200
+  t.image_every = 200
+  t.ckpt_every = 300
+  t.keep_ckpts = 2
+  config.loss.lpips_path = ""
+  config.loss.teacher_path = ""
+  config.loss.disc_start = 360
+  config.disc.base_channels = 32
+  config.data.source = "samples"
+  config.data.crop_scale = (0.3, 1.0)
+  return apply_platform(config, platform)

@@ -1,0 +1,133 @@
+"""grain input pipelines: the training iterator (per-process shard, checkpointable) and a
+fixed evaluation batch.
+
+    source -> [process_index::process_count] -> shuffle(seed) -> repeat (reshuffled each
+    epoch) -> random_map(TrainAugment, seed) -> batch(per-process batch, drop_remainder)
+    -> to_iter_dataset (+ mp_prefetch with data.num_workers worker processes)
+
+Batches are formed inside the MapDataset, so batch j is a pure function of (seed, source,
+process_index, process_count, j): the same with 0 or N workers, and `iterator.get_state()`
+(a small dict; store it with the checkpoint) + `set_state()` resume at the identical next
+batch. Each process loads only its own shard and its own slice of the global batch; the
+trainer assembles the global array with `jax.make_array_from_process_local_data`.
+"""
+from __future__ import annotations
+
+import os
+
+import grain
+import numpy as np
+
+from mergevq_jax.data import augment as augment_lib
+from mergevq_jax.data import sources as sources_lib
+
+# Threads that build batches in each process (one batch per thread at a time) and batches
+# kept ready ahead of the trainer. A batch of 256 images with align views is ~0.5 GB of
+# float32, so the read-ahead stays small.
+MAX_READ_THREADS = 8
+
+
+def _process_layout(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  process_index, process_count = int(process_index), int(process_count)
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count="
+                     f"{process_count})")
+  return process_index, process_count
+
+
+def per_process_batch_size(global_batch: int, process_count: int) -> int:
+  """train.batch_size split over processes; ValueError if it does not divide evenly."""
+  global_batch = int(global_batch)
+  if global_batch <= 0:
+    raise ValueError(f"train.batch_size must be positive, got {global_batch}")
+  if global_batch % process_count:
+    raise ValueError(f"train.batch_size={global_batch} is not divisible by the number of "
+                     f"processes ({process_count}); each process loads an equal slice")
+  return global_batch // process_count
+
+
+def _read_options(num_workers: int) -> grain.ReadOptions:
+  cpus = os.cpu_count() or 1
+  threads = max(1, min(MAX_READ_THREADS, cpus // max(1, num_workers)))
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """grain's worker processes read absl flags (grain_enable_multiprocess_worker_profiling);
+  outside `absl.app.run` (pytest, notebooks) nothing parsed them and grain would raise
+  UnparsedFlagAccessError, so accept the defaults. Under app.run this does nothing."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_train_dataset(config, *, seed: int, process_index=None, process_count=None,
+                       source=None) -> grain.MapDataset:
+  """The infinite MapDataset of per-process training batches (see module docstring).
+  `source` overrides `source_from_config(config)` (any object with __len__/__getitem__)."""
+  process_index, process_count = _process_layout(process_index, process_count)
+  batch = per_process_batch_size(config.train.batch_size, process_count)
+  num_workers = int(config.data.num_workers)
+  if num_workers < 0:
+    raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+  transform = augment_lib.TrainAugment.from_config(config)   # validates the view settings
+  source = sources_lib.source_from_config(config) if source is None else source
+  if len(source) < process_count:
+    raise ValueError(f"the data source has {len(source)} images, fewer than the "
+                     f"{process_count} processes that each need a shard")
+  # Independent, process-specific seeds for the shuffle and the augmentations.
+  shuffle_seed, augment_seed = (int(s) for s in
+                                np.random.SeedSequence([int(seed), process_index])
+                                .generate_state(2))
+  ds = grain.MapDataset.source(source)
+  ds = ds[process_index::process_count]
+  ds = ds.shuffle(seed=shuffle_seed).repeat()
+  ds = ds.random_map(transform, seed=augment_seed)
+  return ds.batch(batch, drop_remainder=True)
+
+
+def make_train_iterator(config, *, seed: int, process_index=None, process_count=None,
+                        source=None) -> grain.DatasetIterator:
+  """Checkpointable iterator over this process's training batches:
+  {'image': (b, H, W, 3) float32 in [-1, 1], 'label': (b,) int32} plus, when
+  `data.align_views`, 'weak' (ImageNet-normalised) and 'strong' ([-1, 1]) of shape
+  (b, align_size, align_size, 3), where b = train.batch_size / process_count.
+  process_index / process_count default to jax.process_index() / jax.process_count()."""
+  ds = make_train_dataset(config, seed=seed, process_index=process_index,
+                          process_count=process_count, source=source)
+  num_workers = int(config.data.num_workers)
+  it_ds = ds.to_iter_dataset(_read_options(num_workers))
+  if num_workers > 0:
+    _ensure_absl_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
+
+
+def eval_indices(length: int, n: int) -> np.ndarray:
+  """n evenly spread indices (every class of a sorted folder shows up); wraps if n > length."""
+  if n <= length:
+    return np.linspace(0, length - 1, n).round().astype(np.int64) if n > 1 else np.zeros(
+        n, np.int64)
+  return np.arange(n) % length
+
+
+def make_eval_batch(config, n: int | None = None, *, source=None,
+                    with_labels: bool = False):
+  """Fixed (n, H, W, 3) float32 batch in [-1, 1] of eval views (shorter side -> image_size,
+  center crop) for PSNR and reconstruction grids; n defaults to data.eval_images. Always
+  the same images (evenly spread over the eval split). with_labels=True also returns the
+  (n,) int32 labels."""
+  n = int(config.data.eval_images if n is None else n)
+  if n <= 0:
+    raise ValueError(f"make_eval_batch needs n > 0, got {n}")
+  source = sources_lib.source_from_config(config, train=False) if source is None else source
+  view = augment_lib.EvalAugment(config.model.image_size)
+  items = [view(source[int(i)]) for i in eval_indices(len(source), n)]
+  images = np.stack([x["image"] for x in items])
+  if with_labels:
+    return images, np.asarray([x["label"] for x in items], np.int32)
+  return images

@@ -1,0 +1,169 @@
+"""LPIPS perceptual distance (Zhang et al. 2018), the `lpips` package's 'vgg' v0.1 model.
+
+x, y: (B, H, W, 3) NHWC images in [-1, 1] -> (B,) distance:
+  scale: (x - shift) / scale, shift (-.030, -.088, -.188), scale (.458, .448, .450)
+  torchvision VGG16 `features` (13 conv3x3 + ReLU, 4 max-pools) tapped after
+    relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (64, 128, 256, 512, 512 channels)
+  each tap: f / (sqrt(sum_C f^2) + 1e-10); d = (f_x - f_y)^2
+  per tap: 1x1 conv C -> 1 (no bias, non-negative weights), spatial mean; sum over taps.
+
+Weight file (`load_lpips`): a torch.save state dict (.pth/.pt), .safetensors or .npz with
+  features.{i}.weight  (Cout, Cin, 3, 3)  and  features.{i}.bias (Cout,)
+      for i in 0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28   (torchvision vgg16 names)
+  lin{k}.model.1.weight  (1, C_k, 1, 1) for k = 0..4, C = 64, 128, 256, 512, 512
+                                                               (lpips weights/v0.1/vgg.pth)
+Also accepted: the lpips package's full-model names `net.slice{n}.{i}.weight` (slices keep
+torchvision's feature index i), `lins.{k}.` for `lin{k}.`, `lin{k}.model.0.weight`
+(no-dropout variant), an all-keys `module.` prefix; ignored: `classifier.*` (rest of
+torchvision's VGG16) and `scaling_layer.shift/scale` (fixed constants here).
+Make such a file from the two public files with
+  python -m mergevq_jax.nets.convert lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg.npz
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mergevq_jax.models import layers
+from mergevq_jax.nets import convert
+
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+# torchvision vgg16 `features`: channels per conv, 'M' = MaxPool2d(2, 2).
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+TAP_CHANNELS = (64, 128, 256, 512, 512)
+EPS = 1e-10
+
+
+def _vgg_layout() -> tuple[list[tuple[int, int, int]], list[int]]:
+  """[(features index, cin, cout)] of the 13 convs; conv numbers after which a tap is taken
+  (the last conv before each pool, and the final conv)."""
+  convs, taps, idx, cin = [], [], 0, 3
+  for item in VGG16_CFG:
+    if item == "M":
+      taps.append(len(convs) - 1)
+      idx += 1
+    else:
+      convs.append((idx, cin, item))
+      cin = item
+      idx += 2   # conv, ReLU
+  taps.append(len(convs) - 1)
+  return convs, taps
+
+
+VGG_CONVS, VGG_TAPS = _vgg_layout()
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+  """MaxPool2d(2, 2) on NHWC (odd sizes floor, as PyTorch)."""
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+class LPIPS(nnx.Module):
+  """LPIPS-VGG v0.1: `__call__(x, y)` with (B, H, W, 3) images in [-1, 1] -> (B,)."""
+
+  def __init__(self, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.dtype = dtype
+    self.convs = nnx.List([layers.conv(cin, cout, 3, dtype=dtype, rngs=rngs)
+                           for _, cin, cout in VGG_CONVS])
+    self.lins = nnx.List([
+        layers.conv(c, 1, 1, use_bias=False, dtype=jnp.float32, rngs=rngs,
+                    init=nnx.initializers.constant(1.0 / c)) for c in TAP_CHANNELS])
+
+  def taps(self, x: jax.Array) -> list[jax.Array]:
+    """The five VGG16 ReLU outputs (relu1_2 ... relu5_3) of scaled images, NHWC."""
+    x = (x.astype(jnp.float32) - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+    x = x.astype(self.dtype)
+    out = []
+    for i, conv in enumerate(self.convs):
+      x = jax.nn.relu(conv(x))
+      if i in VGG_TAPS:
+        out.append(x)
+        if i != VGG_TAPS[-1]:
+          x = _max_pool(x)
+    return out
+
+  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"LPIPS takes two (B, H, W, 3) images of equal shape, got "
+                       f"{x.shape} and {y.shape}")
+    if min(x.shape[1:3]) < 16:
+      raise ValueError(f"LPIPS-VGG needs images of at least 16x16 (4 poolings), got "
+                       f"{x.shape[1]}x{x.shape[2]}")
+    b = x.shape[0]
+    feats = self.taps(jnp.concatenate([x, y], axis=0))
+    total = jnp.zeros((b,), jnp.float32)
+    for f, lin in zip(feats, self.lins):
+      f = f.astype(jnp.float32)
+      f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + EPS)
+      d = (f[:b] - f[b:]) ** 2
+      total = total + jnp.mean(lin(d)[..., 0], axis=(1, 2))
+    return total
+
+
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+  """Canonical key -> PyTorch shape (see the module docstring)."""
+  shapes = {}
+  for idx, cin, cout in VGG_CONVS:
+    shapes[f"features.{idx}.weight"] = (cout, cin, 3, 3)
+    shapes[f"features.{idx}.bias"] = (cout,)
+  for k, c in enumerate(TAP_CHANNELS):
+    shapes[f"lin{k}.model.1.weight"] = (1, c, 1, 1)
+  return shapes
+
+
+_ALIASES = (
+    (re.compile(r"^net\.slice\d\.(\d+)\."), r"features.\1."),
+    (re.compile(r"^lins\.(\d)\."), r"lin\1."),
+    (re.compile(r"^(lin\d)\.model\.0\.weight$"), r"\1.model.1.weight"),
+)
+_IGNORED = re.compile(r"^(classifier\..*|scaling_layer\.(shift|scale))$")
+
+
+def canonical_state(state: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+  """Rename accepted aliases to canonical keys, drop ignored keys, check keys, shapes and
+  the non-negativity of the lin weights. Raises ValueError naming `source`."""
+  if state and all(k.startswith("module.") for k in state):
+    state = convert.strip_prefix(state, "module.")
+  out, ignored = {}, []
+  for key, value in state.items():
+    if _IGNORED.match(key):
+      ignored.append(key)
+      continue
+    new = key
+    for pattern, repl in _ALIASES:
+      new = pattern.sub(repl, new)
+    if new in out and not np.array_equal(out[new], value):
+      raise ValueError(f"{source}: '{key}' and another key both map to '{new}' with "
+                       f"different values")
+    out[new] = value
+  convert.check_keys(out, expected_shapes(), source)
+  for k in range(len(TAP_CHANNELS)):
+    w = out[f"lin{k}.model.1.weight"]
+    if np.any(w < 0):
+      raise ValueError(f"{source}: 'lin{k}.model.1.weight' has negative entries "
+                       f"(min {w.min():.3g}); LPIPS linear weights are non-negative -- "
+                       f"is this the lpips vgg.pth?")
+  return out
+
+
+def load_lpips(path: str | os.PathLike, *, dtype=jnp.float32) -> LPIPS:
+  """LPIPS with weights from a user-supplied file (layout in the module docstring).
+
+  Raises FileNotFoundError for a missing file, ValueError naming the file and the first
+  missing / unexpected key or shape mismatch for a file that does not fit.
+  """
+  state = canonical_state(convert.read_state_dict(path), os.fspath(path))
+  params = {}
+  for j, (idx, _, _) in enumerate(VGG_CONVS):
+    params[f"convs.{j}.kernel"] = convert.conv_kernel(state[f"features.{idx}.weight"])
+    params[f"convs.{j}.bias"] = state[f"features.{idx}.bias"]
+  for k in range(len(TAP_CHANNELS)):
+    params[f"lins.{k}.kernel"] = convert.conv_kernel(state[f"lin{k}.model.1.weight"])
+  model = nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0), dtype=dtype))
+  return convert.assign_params(model, params)
