@@ -13,7 +13,7 @@ import json
 import os
 
 import jax
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mergevq_jax import cli
@@ -30,6 +30,8 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     raise ValueError("--config=configs/<name>.py and --workdir=DIR are required")
+  if not flags.FLAGS["verbosity"].present:  # orbax and grain are chatty at INFO
+    logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   from mergevq_jax.train.trainer import train

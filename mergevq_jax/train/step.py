@@ -34,10 +34,6 @@ def _tree_all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _select(pred, new, old):
-  return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
 def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
   """Returns step(state, batch, frozen_states, num_keep) -> (state, metrics)."""
   lo, t = config.loss, config.train
@@ -116,22 +112,28 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
       g_grads, d_grads, terms = jax.tree.map(lambda x: x / t.accum_steps, total)
 
     finite = _tree_all_finite((g_grads, d_grads, terms["g_total"]))
-    updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, state.ema, params)
-    disc, disc_opt, lecam = state.disc, state.disc_opt_state, state.lecam
-    if use_disc:
-      d_grads = jax.tree.map(lambda g: adv_on * g, d_grads)
-      d_updates, disc_opt = tx.update(d_grads, state.disc_opt_state, state.disc)
-      disc = optax.apply_updates(state.disc, d_updates)
-      new_lecam = losses.lecam_update(lecam, terms["d_real"], terms["d_fake"], lo.lecam_decay)
-      lecam = _select(adv_on > 0, new_lecam, lecam)
-    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema,
-                     disc=disc, disc_opt_state=disc_opt, lecam=lecam,
-                     nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
-                     skipped=state.skipped + (~finite).astype(jnp.int32))
-    keep = state._replace(step=new.step, nonfinite=new.nonfinite, skipped=new.skipped)
-    new = _select(finite, new, keep)
+
+    def apply(state: TrainState) -> TrainState:
+      updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, state.ema, params)
+      disc, disc_opt, lecam = state.disc, state.disc_opt_state, state.lecam
+      if use_disc:
+        d_updates, disc_opt = tx.update(jax.tree.map(lambda g: adv_on * g, d_grads),
+                                        state.disc_opt_state, state.disc)
+        disc = optax.apply_updates(state.disc, d_updates)
+        new_lecam = losses.lecam_update(lecam, terms["d_real"], terms["d_fake"], lo.lecam_decay)
+        lecam = jax.tree.map(lambda n, o: jnp.where(adv_on > 0, n, o), new_lecam, lecam)
+      return state._replace(params=params, opt_state=opt_state, ema=ema, disc=disc,
+                            disc_opt_state=disc_opt, lecam=lecam,
+                            nonfinite=jnp.zeros_like(state.nonfinite))
+
+    def skip(state: TrainState) -> TrainState:
+      return state._replace(nonfinite=state.nonfinite + 1, skipped=state.skipped + 1)
+
+    # lax.cond, not a per-leaf jnp.where: the update is computed only when it is used,
+    # and XLA:CPU compiles the step ~3x faster (no all-gradient predicate in every fusion).
+    new = jax.lax.cond(finite, apply, skip, state)._replace(step=state.step + 1)
     metrics = {**terms, "finite": finite.astype(jnp.float32), "lr": schedule(state.step),
                "g_grad_norm": optax.tree.norm(g_grads), "adv_on": adv_on}
     return new, metrics

@@ -114,7 +114,9 @@ def evaluate(recon_fn, params, images, eval_keeps) -> dict:
   return out
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, stop_at: int | None = None) -> dict:
+  """Train (or resume) until train.steps, or until `stop_at` steps for a time-boxed run
+  (checkpointed like a preemption; run again to continue)."""
   t0 = time.time()
   check_train_config(config)
   from mergevq_jax.data.pipeline import make_eval_batch, make_train_iterator
@@ -169,7 +171,8 @@ def train(config, workdir: str) -> dict:
     scalars[f"ema_psnr_k{eval_keeps[-1]}"] = ema[f"psnr_k{eval_keeps[-1]}"]
     logger.scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
     rows = [to_uint8(eval_images)] + [to_uint8(res["recon"][k]) for k in eval_keeps]
-    logger.image(step, "reconstructions", image_grid(rows))
+    labels = ["original"] + [f"K={k}" for k in eval_keeps]
+    logger.image(step, "reconstructions", image_grid(rows, labels))
     first_eval = first_eval or scalars
     last_eval = scalars
     return scalars
@@ -178,8 +181,9 @@ def train(config, workdir: str) -> dict:
     run_eval(0)
   step = start
   metrics = None
+  end = t.steps if stop_at is None else min(stop_at, t.steps)
   try:
-    while step < t.steps:
+    while step < end:
       num_keep = sample_num_keep(config, step)
       keeps_used.add(num_keep)
       with sharding.use_mesh(mesh, rules):
@@ -200,7 +204,7 @@ def train(config, workdir: str) -> dict:
               f"updates were skipped, last good state is in the last checkpoint")
       if step % t.eval_every == 0 and step != t.steps:
         run_eval(step)
-      if step % t.ckpt_every == 0 or preempt.requested:
+      if step % t.ckpt_every == 0 or preempt.requested or step == end:
         ckpt.save(step, state, iterator, {"num_keep_values": sorted(keeps_used)})
       if preempt.requested:
         print(f"SIGTERM: checkpoint written at step {step}, exiting", file=sys.stderr)
@@ -209,8 +213,6 @@ def train(config, workdir: str) -> dict:
     if bar is not None:
       bar.close()
   if not preempt.requested:
-    if ckpt.latest_step() != step:
-      ckpt.save(step, state, iterator, {"num_keep_values": sorted(keeps_used)}, force=True)
     run_eval(step)
   ckpt.close()
   k = eval_keeps[-1]
