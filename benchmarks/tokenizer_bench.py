@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_utils import (header, load_config, peak_rss_mb, print_table,  # noqa: E402
+                                    run_case, timed)
 
 # Authors' PyTorch tokenizer, forward at batch 8 on 2 cores (images/s).
 TORCH_FORWARD = {"g": 0.47, "gr": 1.13, "r": 1.62}
@@ -36,35 +32,12 @@ LFQ_CASES = [  # (name, mode, bits, tokens)
 ]
 
 
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(fn, iters: int) -> tuple[float, float]:
-  """(first call incl. compile, median of `iters` later calls), seconds."""
-  import jax
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
-
-
 def case_forward(variant: str, batch: int, iters: int) -> dict:
-  import importlib.util
   import jax
   from flax import nnx
   from mergevq_jax.models.tokenizer import Tokenizer, jit_method
 
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs",
-                                                                   f"tokenizer_{variant}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("cpu")
+  cfg = load_config(f"tokenizer_{variant}")
   cfg.model.recovery.enabled = False  # not part of the forward pass
   baseline = peak_rss_mb()
   graphdef, state = nnx.split(Tokenizer(cfg, rngs=nnx.Rngs(0)))
@@ -100,26 +73,6 @@ def case_lfq(name: str, mode: str, bits: int, tokens: int, iters: int) -> dict:
           "naive_logits_gb": round(tokens * 2 ** bits * 4 / 1e9, 2)}
 
 
-def run_case(args: list[str]) -> dict:
-  out = subprocess.run([sys.executable, __file__, "--case", *args], capture_output=True,
-                       text=True)
-  if out.returncode:
-    return {"case": " ".join(args), "error": out.stderr.strip().splitlines()[-1][-300:]}
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
-  print(f"\n{title}")
-  widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
-  print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
-  print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-  for r in rows:
-    if "error" in r:
-      print(f"| {r['case']}: ERROR {r['error']}")
-      continue
-    print("| " + " | ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)) + " |")
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--only", choices=["forward", "lfq"], default=None)
@@ -139,18 +92,17 @@ def main():
       print(json.dumps(case_lfq(name, mode, int(bits), int(tokens), max(a.iters, 5))))
     return
 
-  import jax
-  print(f"# {platform.node()} | {os.cpu_count()} CPUs | jax {jax.__version__} | "
-        f"backend {jax.default_backend()} | fp32")
+  print(header() + " | fp32")
   results = {}
   if a.only in (None, "forward"):
-    rows = [run_case(["forward", v]) for v in a.variants.split(",")]
+    rows = [run_case(__file__, ["forward", v, "--batch", str(a.batch), "--iters", str(a.iters)])
+            for v in a.variants.split(",")]
     results["forward"] = rows
     print_table(f"Tokenizer forward (reconstruct), 256x256, batch {a.batch}", rows,
                 ["variant", "num_keep", "images_per_s", "torch_images_per_s", "speedup_vs_torch",
                  "step_s", "compile_s", "peak_rss_mb"])
   if a.only in (None, "lfq"):
-    rows = [run_case(["lfq", *map(str, c)]) for c in LFQ_CASES]
+    rows = [run_case(__file__, ["lfq", *map(str, c)]) for c in LFQ_CASES]
     results["lfq"] = rows
     print_table("LFQ entropy loss, value + gradient (target: exact-18 x 65,536 under 2 GB peak)",
                 rows, ["case", "tokens", "ms", "loss", "peak_rss_mb", "baseline_rss_mb",

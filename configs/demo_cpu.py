@@ -35,7 +35,6 @@ def get_config(platform="cpu"):
   t.ema_decay = 0.99
   t.log_every = 20
   t.eval_every = 250
-  t.image_every = 250
   t.ckpt_every = 500
   t.keep_ckpts = 2
   config.loss.lpips_path = ""

@@ -123,8 +123,7 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   t.accum_steps = 1            # gradient accumulation: batch_size / accum_steps per micro-step
   t.nan_patience = 10          # stop after this many non-finite steps in a row
   t.log_every = 50
-  t.eval_every = 1000
-  t.image_every = 1000
+  t.eval_every = 1000          # PSNR, codebook usage and reconstructions.png
   t.ckpt_every = 5000
   t.keep_ckpts = 3
 

@@ -34,9 +34,9 @@ def check_train_config(config) -> None:
   t, lo = config.train, config.loss
   dp = math.prod(sharding.make_mesh(tuple(config.sharding.mesh_shape)).shape[a]
                  for a in ("data", "fsdp"))
-  if t.batch_size % (dp * jax.process_count()) or t.batch_size % dp:
+  if t.batch_size % dp or t.batch_size % jax.process_count():
     raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {dp} "
-                     f"data-parallel devices")
+                     f"data-parallel devices and the {jax.process_count()} hosts")
   if t.batch_size % t.accum_steps or (t.batch_size // t.accum_steps) % dp:
     raise ValueError(f"train.batch_size={t.batch_size} / train.accum_steps={t.accum_steps} "
                      f"must be a whole multiple of the {dp} data-parallel devices")
