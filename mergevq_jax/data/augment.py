@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mergevq_jax.data.sources import array_to_rgb_uint8
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 ASPECT_RANGE = (3 / 4, 4 / 3)
@@ -36,19 +38,7 @@ def to_pil(image: Any) -> Image.Image:
     if image.width == 0 or image.height == 0:
       raise ValueError(f"degenerate image with 0 pixels (size {image.size})")
     return image if image.mode == "RGB" else image.convert("RGB")
-  arr = np.asarray(image)
-  if arr.ndim == 2:
-    arr = arr[..., None]
-  if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}")
-  if arr.shape[0] == 0 or arr.shape[1] == 0:
-    raise ValueError(f"degenerate image with 0 pixels (shape {arr.shape})")
-  if arr.dtype != np.uint8:
-    raise ValueError(f"expected a uint8 image, got dtype {arr.dtype}")
-  if arr.shape[-1] == 1:
-    arr = np.repeat(arr, 3, axis=-1)
-  elif arr.shape[-1] == 4:
-    arr = arr[..., :3]
+  arr = array_to_rgb_uint8(image)  # the sources' normalisation (alpha on white)
   return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
