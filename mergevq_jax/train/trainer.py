@@ -131,11 +131,14 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
 
   iterator = make_train_iterator(config, seed=config.seed)
   eval_images = jnp.asarray(make_eval_batch(config, config.data.eval_images))
-  state, shardings = create_state(config, mesh, rules)
   ckpt = Checkpointer(workdir, t.keep_ckpts, async_save=config.platform != "cpu")
   start = 0
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(abstract_state(config), shardings, iterator)
+  if ckpt.latest_step() is None:
+    state, shardings = create_state(config, mesh, rules)
+  else:  # restore straight into the sharded layout; no throw-away initialisation
+    abstract = abstract_state(config)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    state, meta = ckpt.restore(abstract, shardings, iterator)
     start = int(meta["step"])
 
   batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
