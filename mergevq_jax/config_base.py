@@ -13,14 +13,13 @@ import ml_collections
 from mergevq_jax.models import tome
 from mergevq_jax.sharding import DEFAULT_RULES
 
-PLATFORMS = ("cpu", "gpu", "tpu")
-
 # What each platform preset sets: compute dtype, attention implementation, mesh.
 PLATFORM_PRESETS = {
     "cpu": dict(dtype="float32", attention_impl="xla", mesh_shape=(-1, 1, 1)),
     "gpu": dict(dtype="bfloat16", attention_impl="cudnn", mesh_shape=(-1, 1, 1)),
     "tpu": dict(dtype="bfloat16", attention_impl="xla", mesh_shape=(1, -1, 1)),
 }
+PLATFORMS = tuple(PLATFORM_PRESETS)
 
 
 def apply_platform(config: ml_collections.ConfigDict, platform: str | None

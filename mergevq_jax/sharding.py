@@ -177,7 +177,3 @@ def init_sharded(make_module, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[nnx.Grap
   with use_mesh(mesh, rules):
     return graphdef, init()
 
-
-def place_state(state: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
-  """device_put an existing state onto the mesh according to its logical axes."""
-  return jax.device_put(state, state_shardings(state, mesh, rules))

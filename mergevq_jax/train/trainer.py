@@ -28,12 +28,11 @@ from mergevq_jax.train.state import abstract_state, create_state, graphs as make
 from mergevq_jax.train.step import Frozen, jit_train_step, make_train_step
 
 
-def check_train_config(config) -> None:
+def check_train_config(config, mesh) -> None:
   """ValueError naming the key or file, before anything is compiled."""
   config_base.validate_config(config)
   t, lo = config.train, config.loss
-  dp = math.prod(sharding.make_mesh(tuple(config.sharding.mesh_shape)).shape[a]
-                 for a in ("data", "fsdp"))
+  dp = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
   if t.batch_size % dp or t.batch_size % jax.process_count():
     raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {dp} "
                      f"data-parallel devices and the {jax.process_count()} hosts")
@@ -118,12 +117,12 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
   """Train (or resume) until train.steps, or until `stop_at` steps for a time-boxed run
   (checkpointed like a preemption; run again to continue)."""
   t0 = time.time()
-  check_train_config(config)
+  mesh = sharding.mesh_from_config(config)
+  check_train_config(config, mesh)
   from mergevq_jax.data.pipeline import make_eval_batch, make_train_iterator
 
   t = config.train
   rules = sharding.rules_from_config(config)
-  mesh = sharding.mesh_from_config(config)
   graphs = make_graphs(config)
   frozen_graphs, frozen = load_frozen(config)
   if frozen.teacher is not None and not config.data.align_views:
