@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from mergevq_jax.host_memory import hugepage_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,7 +43,8 @@ def load_config(name: str, platform: str | None = "cpu"):
 
 def run_case(script: str, args: list[str]) -> dict:
   """Run `script --case *args` in a fresh process; its last stdout line is JSON."""
-  out = subprocess.run([sys.executable, script, "--case", *args], capture_output=True, text=True)
+  out = subprocess.run([sys.executable, script, "--case", *args], capture_output=True, text=True,
+                       env=hugepage_env())
   if out.returncode:
     tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"case": " ".join(args), "error": tail[-300:]}
@@ -64,4 +67,5 @@ def header() -> str:
   import platform
   import jax
   return (f"# {platform.node()} | {os.cpu_count()} CPUs | jax {jax.__version__} | "
-          f"backend {jax.default_backend()} | {jax.devices()[0].device_kind}")
+          f"backend {jax.default_backend()} | {jax.devices()[0].device_kind} | cases run with "
+          f"GLIBC_TUNABLES={hugepage_env().get('GLIBC_TUNABLES', '(unset)')}")

@@ -16,7 +16,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mergevq_jax import cli
+from mergevq_jax import cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=False)
@@ -42,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   cli.run(main)

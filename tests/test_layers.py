@@ -5,7 +5,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mergevq_jax.models import conv as conv_lib
 from mergevq_jax.models import layers
+
+
+def _assert_same_value_and_grads(ours, ref, args, atol, rtol=1e-5):
+  """ours(*args) == ref(*args) and so are the gradients w.r.t. every argument, under a
+  random cotangent (a plain sum would hide errors that cancel)."""
+  out = ref(*args)
+  weight = jax.random.normal(jax.random.key(99), out.shape)
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * weight)
+  argnums = tuple(range(len(args)))
+  got = jax.jit(jax.value_and_grad(loss(ours), argnums))(*args)
+  want = jax.value_and_grad(loss(ref), argnums)(*args)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("shape, groups", [((2, 9, 7, 64), 32), ((3, 20, 96), 32), ((2, 5, 5, 8), 8)])
@@ -21,6 +35,27 @@ def test_group_norm_equals_flax(shape, groups):
   y = np.asarray(plain(x)).reshape(shape[0], -1, groups, shape[-1] // groups)
   np.testing.assert_allclose(y.mean(axis=(1, 3)), 0, atol=1e-5)
   np.testing.assert_allclose(y.var(axis=(1, 3)), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_group_norm_gradient_equals_autodiff(affine, offset):
+  """The hand-written VJP of GroupNorm equals autodiff of the textbook formula."""
+  c, groups = 64, 32
+  x = offset + 2.0 * jax.random.normal(jax.random.key(0), (2, 6, 5, c))
+  scale = jax.random.normal(jax.random.key(1), (c,)) if affine else None
+  bias = jax.random.normal(jax.random.key(2), (c,)) if affine else None
+
+  def ref_fn(x, scale=None, bias=None):  # two-pass statistics: accurate at large offsets
+    xr = x.reshape(x.shape[0], -1, groups, c // groups)
+    centred = xr - xr.mean(axis=(1, 3), keepdims=True)
+    y = (centred * jax.lax.rsqrt(jnp.mean(centred ** 2, axis=(1, 3), keepdims=True) + 1e-6)
+         ).reshape(x.shape)
+    return y if scale is None else y * scale + bias
+
+  ours = lambda x, scale=None, bias=None: layers.group_norm_apply(x, scale, bias, groups, 1e-6)
+  args = (x, scale, bias) if affine else (x,)
+  _assert_same_value_and_grads(ours, ref_fn, args, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("offset", [1e2, 1e3])
@@ -41,6 +76,36 @@ def test_depthwise_conv_equals_grouped_conv():
   ref = nnx.Conv(c, c, (3, 3), feature_group_count=c, padding="SAME", rngs=nnx.Rngs(0))
   ref.kernel[...], ref.bias[...] = ours.kernel[...], ours.bias[...]
   np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), atol=1e-5, rtol=1e-5)
+  kernel = ours.kernel[...]
+  grouped = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+  _assert_same_value_and_grads(layers.depthwise_conv, grouped, (x, kernel), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((2, 12, 10, 8), 3, 1, "SAME"),
+    ((2, 13, 9, 3), 3, 2, ((1, 1), (1, 1))),      # encoder downsampling, odd size
+    ((2, 12, 12, 6), 4, 2, ((1, 1), (1, 1))),     # PatchGAN
+    ((1, 9, 7, 5), 3, 1, "VALID"),
+    ((2, 8, 8, 4), 1, 1, "SAME"),                 # 1x1: falls back to lax
+])
+def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, monkeypatch):
+  """The banded kernel gradient equals XLA's, over several bands (small BAND_BYTES)."""
+  monkeypatch.setattr(conv_lib, "BAND_BYTES", 4 * shape[0] * shape[2] * kernel ** 2 * shape[3])
+  x = jax.random.normal(jax.random.key(0), shape)
+  k = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], 7))
+  dn = ("NHWC", "HWIO", "NHWC")
+  ours = lambda x, k: conv_lib.conv_general_dilated(x, k, (stride, stride), padding,
+                                                    dimension_numbers=dn)
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                                  dimension_numbers=dn)
+  _assert_same_value_and_grads(ours, ref, (x, k), atol=1e-4)
+
+
+def test_conv_bands_cover_the_output_rows():
+  assert conv_lib.band_rows(4, 256, 256, 9 * 64, 4) == 2            # 4.7 MB per band
+  assert conv_lib.band_rows(1, 7, 5, 9, 4) == 7                     # tiny: one band
+  assert conv_lib.band_rows(64, 13, 4096, 9 * 512, 4) == 1          # prime rows, huge band
 
 
 def test_strided_conv_pads_like_pytorch():
