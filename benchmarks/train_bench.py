@@ -1,6 +1,6 @@
 """Stage-1 training-step benchmark: throughput, peak memory, model FLOP rate.
 
-  python benchmarks/train_bench.py [--json out.json] [--only demo|gr]
+  python benchmarks/train_bench.py [--json out.json] [--only demo,gr-b4-l1,...]
 
 Rows (each in its own process, so peak RSS is that case's whole-process peak):
   * demo      the main demo's step (configs/demo_cpu.py: 64x64, D + recovery on);
@@ -61,6 +61,7 @@ def case_step(name: str, iters: int) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  mem = compiled.memory_analysis()
   holder = {"state": state}
 
   def one():
@@ -68,9 +69,12 @@ def case_step(name: str, iters: int) -> dict:
     return metrics["g_total"]
 
   first, median = timed(one, iters)
-  row = {"case": name, "image_size": size, "batch": batch, "step_s": round(median, 2),
+  row = {"case": name, "image_size": size, "batch": batch,
+         "step_s": round(median, 2),
          "images_per_s": round(batch / median, 3), "compile_s": round(first - median, 1),
          "peak_rss_gb": round(peak_rss_mb() / 1024, 2),
+         "xla_temp_gb": round(mem.temp_size_in_bytes / 2**30, 2) if mem else "",
+         "state_gb": round(mem.argument_size_in_bytes / 2**30, 2) if mem else "",
          "model_gflop_per_s": round(flops / median / 1e9, 1)}
   if name.startswith("gr-b4-l1"):
     row["torch_images_per_s"] = TORCH_STEP["images_per_s"]
@@ -101,6 +105,7 @@ def main():
   print_table("Stage-1 training step (target: gr-b4-l1 >= 1.3 x 0.28 images/s, far below 13.7 GB)",
               rows, ["case", "image_size", "batch", "images_per_s", "torch_images_per_s",
                      "speedup_vs_torch", "step_s", "compile_s", "peak_rss_gb", "torch_peak_gb",
+                     "xla_temp_gb", "state_gb",
                      "model_gflop_per_s", "fraction_of_cpu_peak", "mfu"])
   if a.json:
     with open(a.json, "w") as f:

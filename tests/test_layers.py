@@ -7,6 +7,8 @@ from flax import nnx
 
 from mergevq_jax.models import conv as conv_lib
 from mergevq_jax.models import layers
+from mergevq_jax.models.group_norm import group_norm_apply
+from mergevq_jax.models.norm_silu_conv import norm_silu_conv
 
 
 def _assert_same_value_and_grads(ours, ref, args, atol, rtol=1e-5):
@@ -53,7 +55,7 @@ def test_group_norm_gradient_equals_autodiff(affine, offset):
          ).reshape(x.shape)
     return y if scale is None else y * scale + bias
 
-  ours = lambda x, scale=None, bias=None: layers.group_norm_apply(x, scale, bias, groups, 1e-6)
+  ours = lambda x, scale=None, bias=None: group_norm_apply(x, scale, bias, groups, 1e-6)
   args = (x, scale, bias) if affine else (x,)
   _assert_same_value_and_grads(ours, ref_fn, args, atol=2e-4, rtol=1e-4)
 
@@ -100,6 +102,22 @@ def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, monkeyp
   ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
                                                   dimension_numbers=dn)
   _assert_same_value_and_grads(ours, ref, (x, k), atol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_norm_silu_conv_equals_the_composed_layers(offset, monkeypatch):
+  """conv(silu(GN(x))) with the norm recomputed in the backward pass (several bands)
+  equals the same layers differentiated one by one."""
+  monkeypatch.setattr(conv_lib, "BAND_BYTES", 3 * 2 * 9 * 9 * 64 * 4)
+  x = offset + 2.0 * jax.random.normal(jax.random.key(0), (2, 10, 9, 64))
+  scale = 1.0 + 0.3 * jax.random.normal(jax.random.key(1), (64,))
+  bias = jax.random.normal(jax.random.key(2), (64,))
+  kernel = 0.1 * jax.random.normal(jax.random.key(3), (3, 3, 64, 8))
+  composed = lambda x, s, b, k: jax.lax.conv_general_dilated(
+      jax.nn.silu(group_norm_apply(x, s, b, 32, 1e-6)), k, (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  fused = lambda x, s, b, k: norm_silu_conv(x, s, b, k, 32, 1e-6)
+  _assert_same_value_and_grads(fused, composed, (x, scale, bias, kernel), atol=2e-4, rtol=1e-4)
 
 
 def test_conv_bands_cover_the_output_rows():

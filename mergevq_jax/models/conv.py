@@ -89,20 +89,33 @@ def band_rows(batch: int, out_h: int, out_w: int, patch: int, itemsize: int) -> 
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
-                strides: tuple[int, int], pads, precision=None) -> jax.Array:
-  """d(sum(dy * conv(x, k)))/dk, shape `kernel_shape` (kh, kw, C_in, C_out), float32.
+                strides: tuple[int, int], pads, precision=None, band_fn=None) -> jax.Array:
+  """d(sum(dy * conv(f(x), k)))/dk, shape `kernel_shape` (kh, kw, C_in, C_out), float32.
 
-  Equal to XLA's conv kernel gradient up to float32 summation order.
+  f = `band_fn`, an elementwise map applied band by band (identity if None): it lets a
+  norm + activation in front of the conv be recomputed here instead of stored. Equal to
+  XLA's conv kernel gradient up to float32 summation order.
   """
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
   b, out_h, out_w, _ = dy.shape
-  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  (top, _), (left, right) = pads
   rows = band_rows(b, out_h, out_w, kh * kw * cin, x.dtype.itemsize)
   span = (rows - 1) * sh + kh   # input rows one band of `rows` output rows reads
+  if span > x.shape[1]:         # tiny maps: one band over the whole padded input
+    rows, span = out_h, (out_h - 1) * sh + kh
 
   def band(acc, i):
-    xs = lax.dynamic_slice_in_dim(xp, i * rows * sh, span, axis=1)
+    # Input rows [start, start + span) of the padded map, padded here band by band: a
+    # whole padded copy of x would be made in the forward pass and kept until this one.
+    start = i * rows * sh - top
+    clipped = jnp.clip(start, 0, x.shape[1] - min(span, x.shape[1]))
+    xs = lax.dynamic_slice_in_dim(x, clipped, min(span, x.shape[1]), axis=1)
+    idx = jnp.arange(span) + (start - clipped)          # rows outside [0, H) are padding
+    inside = (idx >= 0) & (idx < xs.shape[1])
+    xs = jnp.take(xs, jnp.clip(idx, 0, xs.shape[1] - 1), axis=1)
+    xs = jnp.where(inside[None, :, None, None], xs if band_fn is None else band_fn(xs), 0)
+    xs = jnp.pad(xs, ((0, 0), (0, 0), (left, right), (0, 0)))
     ds = lax.dynamic_slice_in_dim(dy, i * rows, rows, axis=1)
     patches = jnp.stack([xs[:, a:a + (rows - 1) * sh + 1:sh, c:c + (out_w - 1) * sw + 1:sw]
                          for a in range(kh) for c in range(kw)], axis=3)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mergevq_jax.models.conv import conv_general_dilated
+from mergevq_jax.models.group_norm import group_norm_apply
+from mergevq_jax.models.norm_silu_conv import norm_silu_conv
 from mergevq_jax.sharding import axes, constrain
 
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
@@ -113,16 +115,7 @@ depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class GroupNorm(nnx.Module):
-  """GroupNorm over (B, ..., C): statistics per sample and group over all middle axes.
-
-  Same math as torch.nn.GroupNorm (biased variance, eps inside the sqrt), computed as
-  per-channel moments over the spatial/token axes, combined within each group by the
-  law of total variance: on XLA:CPU ~3x faster than reshaping to (..., groups, C/groups)
-  and reducing, and the normalisation fuses into one elementwise pass with what follows
-  (e.g. SiLU). Per-channel moments are taken about the channel's first value, so large
-  means relative to the spread do not cancel catastrophically. Statistics are float32
-  whatever the compute dtype.
-  """
+  """GroupNorm over (B, ..., C) as torch.nn.GroupNorm; see `mergevq_jax.models.group_norm`."""
 
   def __init__(self, channels: int, num_groups: int = 32, *, rngs: nnx.Rngs | None = None,
                dtype=jnp.float32, affine: bool = True, eps: float = 1e-6):
@@ -137,81 +130,6 @@ class GroupNorm(nnx.Module):
     scale = None if self.scale is None else self.scale[...]
     bias = None if self.bias is None else self.bias[...]
     return group_norm_apply(x, scale, bias, self.num_groups, self.eps).astype(self.dtype)
-
-
-def _group_moments(x: jax.Array, num_groups: int, eps: float):
-  """float32 x (B, ..., C) -> (pivot, mean, inv), each (B, C): per-channel pivot and the
-  group mean and 1/std broadcast back to channels."""
-  b, c = x.shape[0], x.shape[-1]
-  reduce_axes = tuple(range(1, x.ndim - 1))
-  pivot = jax.lax.stop_gradient(x[(slice(None),) + (0,) * len(reduce_axes)])  # (B, C)
-  shifted = x - _per_channel(pivot, x.ndim)
-  m1 = jnp.mean(shifted, axis=reduce_axes)                        # (B, C)
-  var_c = jnp.maximum(jnp.mean(shifted * shifted, axis=reduce_axes) - m1 * m1, 0.0)
-  mean_c = (m1 + pivot).reshape(b, num_groups, -1)
-  mean = jnp.mean(mean_c, axis=-1, keepdims=True)                 # (B, G, 1)
-  var = (jnp.mean(var_c.reshape(b, num_groups, -1), axis=-1, keepdims=True) +
-         jnp.mean(jnp.square(mean_c - mean), axis=-1, keepdims=True))
-  inv = jnp.broadcast_to(jax.lax.rsqrt(var + eps), mean_c.shape).reshape(b, c)
-  return pivot, jnp.broadcast_to(mean, mean_c.shape).reshape(b, c), inv
-
-
-def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
-  """(B, C) -> (B, 1, ..., 1, C) broadcastable against a (B, ..., C) map of rank ndim."""
-  return v.reshape(v.shape[0], *(1,) * (ndim - 2), v.shape[-1])
-
-
-def _group_sum(v: jax.Array, num_groups: int) -> jax.Array:
-  """(B, C) -> (B, C): each channel gets the sum over the channels of its group."""
-  b, c = v.shape
-  s = jnp.sum(v.reshape(b, num_groups, -1), axis=-1, keepdims=True)
-  return jnp.broadcast_to(s, (b, num_groups, c // num_groups)).reshape(b, c)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def group_norm_apply(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
-                     num_groups: int, eps: float) -> jax.Array:
-  """torch.nn.GroupNorm on x (B, ..., C): float32 result; scale/bias (C,) or None.
-
-  The gradient is written out (one fused pass for the two per-channel sums, one for dx)
-  rather than left to autodiff, which on XLA:CPU was ~6x the forward time.
-  """
-  return _group_norm_fwd(x, scale, bias, num_groups, eps)[0]
-
-
-def _group_norm_fwd(x, scale, bias, num_groups, eps):
-  xf = x.astype(jnp.float32)
-  pivot, mean, inv = _group_moments(xf, num_groups, eps)
-  a = inv if scale is None else inv * scale
-  shift = -mean * a if bias is None else bias - mean * a
-  y = xf * _per_channel(a, x.ndim) + _per_channel(shift, x.ndim)
-  return y, (x, scale, bias, pivot, mean, inv)
-
-
-def _group_norm_bwd(num_groups, eps, residuals, dy):
-  x, scale, bias, pivot, mean, inv = residuals
-  del eps
-  xf, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
-  reduce_axes = tuple(range(1, x.ndim - 1))
-  count = math.prod(x.shape[1:-1]) * (x.shape[-1] // num_groups)  # elements per group
-  sum_dy = jnp.sum(dy, axis=reduce_axes)                                          # (B, C)
-  # sum dy * (x - mean) per channel, through the pivot to avoid cancellation
-  sum_dy_xc = (jnp.sum(dy * (xf - _per_channel(pivot, x.ndim)), axis=reduce_axes)
-               - (mean - pivot) * sum_dy)
-  gamma = jnp.ones_like(inv) if scale is None else jnp.broadcast_to(scale, inv.shape)
-  mean_g = _group_sum(gamma * sum_dy, num_groups) / count            # mean of dy*gamma
-  mean_gx = _group_sum(gamma * sum_dy_xc, num_groups) * inv / count  # mean of dy*gamma*xhat
-  # dx = inv * (dy*gamma - mean_g - xhat * mean_gx), xhat = (x - mean) * inv
-  a = inv * gamma
-  c = -inv * mean_g + mean * inv * inv * mean_gx
-  dx = (dy * _per_channel(a, x.ndim) - xf * _per_channel(inv * inv * mean_gx, x.ndim)
-        + _per_channel(c, x.ndim))
-  dscale = None if scale is None else jnp.sum(sum_dy_xc * inv, axis=0)
-  dbias = None if bias is None else jnp.sum(sum_dy, axis=0)
-  return dx.astype(x.dtype), dscale, dbias
-
-
-group_norm_apply.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
 def group_norm(channels: int, *, rngs: nnx.Rngs, dtype=jnp.float32, affine: bool = True
@@ -236,23 +154,27 @@ def constrain_map(x: jax.Array) -> jax.Array:
 class ResBlock(nnx.Module):
   """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3 (+ 1x1 shortcut), convs without bias.
 
-  `pre_norm=False` drops the first GroupNorm (used after an AdaptiveGroupNorm).
+  Each GN -> SiLU -> conv runs as `norm_silu_conv`, which keeps only its input for the
+  backward pass.
   """
 
-  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               pre_norm: bool = True):
-    self.norm1 = group_norm(cin, rngs=rngs, dtype=dtype) if pre_norm else None
+  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.norm1 = group_norm(cin, rngs=rngs, dtype=dtype)
     self.conv1 = conv(cin, cout, 3, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm2 = group_norm(cout, rngs=rngs, dtype=dtype)
     self.conv2 = conv(cout, cout, 3, use_bias=False, dtype=dtype, rngs=rngs)
     self.shortcut = (conv(cin, cout, 1, use_bias=False, dtype=dtype, rngs=rngs)
                      if cin != cout else None)
+    self.dtype = dtype
+
+  def _norm_silu_conv(self, norm: GroupNorm, conv_: nnx.Conv, x: jax.Array) -> jax.Array:
+    return norm_silu_conv(x, norm.scale[...], norm.bias[...],
+                          conv_.kernel[...].astype(self.dtype), norm.num_groups, norm.eps)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.norm1(x) if self.norm1 is not None else x
-    h = self.conv1(jax.nn.silu(h))
-    h = self.conv2(jax.nn.silu(self.norm2(h)))
-    res = self.shortcut(x) if self.shortcut is not None else x
+    h = self._norm_silu_conv(self.norm1, self.conv1, x)
+    h = self._norm_silu_conv(self.norm2, self.conv2, h)
+    res = self.shortcut(x) if self.shortcut is not None else x.astype(self.dtype)
     return constrain_map(h + res)
 
 
