@@ -7,7 +7,8 @@ that one op took most of the time. `conv_general_dilated` here is a drop-in for
 `jax.lax.conv_general_dilated` (it is passed to `nnx.Conv`) that keeps XLA's forward and
 input gradient but computes the kernel gradient as a `lax.scan` over bands of output
 rows: each band's input patches (B, rows, W_out, kh*kw, C_in) are small enough to stay in
-cache and are contracted with the band's output gradient in one matmul (~170 GFLOP/s).
+cache and are contracted with the band's output gradient in one matmul (~195 GFLOP/s
+for 3x3, 64 -> 64 at 256 x 256, batch 4).
 
 The custom path is taken only on the CPU backend, for plain NHWC/HWIO convs with a kernel
 larger than 1 x 1 (no dilation, no feature groups); everything else is `lax`'s own conv.
