@@ -33,10 +33,13 @@ def _conv(a, kernel):
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _normalised(x, a, shift):
+  """x * a + shift in float32 for a band or a whole map; a, shift (B, C) float32."""
+  return x.astype(jnp.float32) * gn.per_channel(a, x.ndim) + gn.per_channel(shift, x.ndim)
+
+
 def _activation(x, a, shift, dtype):
-  """SiLU(x * a + shift) for a band or a whole map; a, shift (B, C) float32."""
-  z = x.astype(jnp.float32) * gn.per_channel(a, x.ndim) + gn.per_channel(shift, x.ndim)
-  return jax.nn.silu(z).astype(dtype)
+  return jax.nn.silu(_normalised(x, a, shift)).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -63,7 +66,7 @@ def _bwd(num_groups, eps, residuals, dy):
   a, shift = gn.coefficients(scale, bias, mean, inv)
   act_shape = jax.ShapeDtypeStruct(x.shape, kernel.dtype)
   (d_act,) = jax.linear_transpose(lambda v: _conv(v, kernel), act_shape)(dy)
-  z = x.astype(jnp.float32) * gn.per_channel(a, x.ndim) + gn.per_channel(shift, x.ndim)
+  z = _normalised(x, a, shift)
   sig = jax.nn.sigmoid(z)
   dz = d_act.astype(jnp.float32) * (sig * (1.0 + z * (1.0 - sig)))   # SiLU'
   dx, dscale, dbias = gn.group_norm_bwd(num_groups, eps, (x, scale, bias, pivot, mean, inv),
