@@ -53,7 +53,6 @@ def case_forward(variant: str, batch: int, iters: int) -> dict:
 
 def case_lfq(name: str, mode: str, bits: int, tokens: int, iters: int) -> dict:
   import jax
-  import jax.numpy as jnp
   from mergevq_jax.models import lfq
 
   if mode == "naive":

@@ -69,8 +69,7 @@ def case_step(name: str, iters: int) -> dict:
     return metrics["g_total"]
 
   first, median = timed(one, iters)
-  row = {"case": name, "image_size": size, "batch": batch,
-         "step_s": round(median, 2),
+  row = {"case": name, "image_size": size, "batch": batch, "step_s": round(median, 2),
          "images_per_s": round(batch / median, 3), "compile_s": round(first - median, 1),
          "peak_rss_gb": round(peak_rss_mb() / 1024, 2),
          "xla_temp_gb": round(mem.temp_size_in_bytes / 2**30, 2) if mem else "",

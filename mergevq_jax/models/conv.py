@@ -52,7 +52,8 @@ def _is_nhwc(dimension_numbers, ndim: int) -> bool:
       lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers))
 
 
-def _lax_conv(x, kernel, strides, pads, precision):
+def lax_conv(x, kernel, strides, pads, precision=None):
+  """XLA's own NHWC / HWIO conv with explicit pads ((top, bottom), (left, right))."""
   return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
                                   precision=precision)
 
@@ -61,16 +62,16 @@ def _lax_conv(x, kernel, strides, pads, precision):
 def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
            pads: tuple[tuple[int, int], tuple[int, int]], precision=None) -> jax.Array:
   """NHWC x (B, H, W, C_in), HWIO kernel (kh, kw, C_in, C_out) -> (B, H_out, W_out, C_out)."""
-  return _lax_conv(x, kernel, strides, pads, precision)
+  return lax_conv(x, kernel, strides, pads, precision)
 
 
 def _conv2d_fwd(x, kernel, strides, pads, precision):
-  return _lax_conv(x, kernel, strides, pads, precision), (x, kernel)
+  return lax_conv(x, kernel, strides, pads, precision), (x, kernel)
 
 
 def _conv2d_bwd(strides, pads, precision, residuals, dy):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, kernel, strides, pads, precision), x)
+  _, input_vjp = jax.vjp(lambda x_: lax_conv(x_, kernel, strides, pads, precision), x)
   (dx,) = input_vjp(dy)
   dk = kernel_grad(x, dy, kernel.shape, strides, pads, precision)
   return dx, dk.astype(kernel.dtype)

@@ -8,9 +8,6 @@ erf GELU) so that checkpoints export to PyTorch without drift.
 """
 from __future__ import annotations
 
-import functools
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -71,16 +68,20 @@ class DepthwiseConv(nnx.Module):
     return out + self.bias[...].astype(self.dtype)
 
 
-def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """sum_ij pad(x)[:, i:i+H, j:j+W] * kernel[i, j, 0]: x (B, H, W, C), kernel (k, k, 1, C)."""
-  k = kernel.shape[0]
+def _taps(x: jax.Array, k: int) -> list[jax.Array]:
+  """The k*k shifted views pad(x)[:, i:i+H, j:j+W] of x (B, H, W, C), row-major in (i, j)."""
   p = k // 2
   h, w = x.shape[1:3]
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  return [padded[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """sum_ij pad(x)[:, i:i+H, j:j+W] * kernel[i, j, 0]: x (B, H, W, C), kernel (k, k, 1, C)."""
+  weights = kernel.reshape(-1, kernel.shape[-1])
   out = jnp.zeros_like(x)
-  for i in range(k):
-    for j in range(k):
-      out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+  for tap, weight in zip(_taps(x, kernel.shape[0]), weights):
+    out = out + tap * weight
   return out
 
 
@@ -101,13 +102,8 @@ def _depthwise_fwd(x, kernel):
 def _depthwise_bwd(residuals, dy):
   x, kernel = residuals
   dy = jax.lax.optimization_barrier(dy)   # materialise once, read k*k times
-  k = kernel.shape[0]
-  p = k // 2
-  h, w = x.shape[1:3]
   dx = _shifted_sum(dy, kernel[::-1, ::-1])
-  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  dk = jnp.stack([jnp.sum(padded[:, i:i + h, j:j + w, :] * dy, axis=(0, 1, 2))
-                  for i in range(k) for j in range(k)])
+  dk = jnp.stack([jnp.sum(tap * dy, axis=(0, 1, 2)) for tap in _taps(x, kernel.shape[0])])
   return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

@@ -29,8 +29,7 @@ def _pads(kernel) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def _conv(a, kernel):
-  return lax.conv_general_dilated(a, kernel, (1, 1), _pads(kernel),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return conv_lib.lax_conv(a, kernel, (1, 1), _pads(kernel))
 
 
 def _normalised(x, a, shift):
