@@ -1,0 +1,124 @@
+"""MergeAR's fixed-shape KV cache (spec section 6): prefix + kept region + ring of W.
+
+Slots: [0, P) the prefix; [P, P + K_cap) the kept region, filled in order; [P + K_cap,
+P + K_cap + W) a ring where window position j lives in slot j mod W. A kept-code buffer
+(K_cap codes) decides where the code at position j goes: a code not yet kept while the
+region has room is kept; anything else goes to the ring (an unseen code that finds the
+region full is counted as overflow). A position buffer records each slot's raster
+position (prefix tokens have positions -P..-1), so for a query at position i a slot is
+visible when pos <= i and, for a ring slot, pos > i - W. This realises
+`merge_mask(codes, W, K_cap)` exactly, overflow included.
+
+mode='causal' is the plain LlamaGen cache (P + L slots, position j in slot P + j).
+Shapes: k/v per layer (B, C, H, Dh); positions (B, C) int32.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+EMPTY = -(2 ** 30)   # position of a slot nothing was written to
+
+
+class CacheLayout(NamedTuple):
+  """Static description of the slots (hashable: a jit static argument)."""
+  prefix: int
+  length: int        # L code positions
+  mode: str          # 'merge' or 'causal'
+  keep_cap: int = 0  # K_cap ('merge')
+  window: int = 1    # W ('merge')
+
+  @classmethod
+  def make(cls, prefix: int, length: int, mode: str, keep_cap: int = 0, window: int = 1
+           ) -> "CacheLayout":
+    if mode == "causal":
+      return cls(prefix, length, mode)
+    if mode != "merge":
+      raise ValueError(f"cache mode must be 'merge' or 'causal', got {mode!r}")
+    if not 1 <= keep_cap <= length:
+      raise ValueError(f"K_cap must be in [1, L={length}], got {keep_cap}")
+    if window < 1:
+      raise ValueError(f"window W must be >= 1, got {window}")
+    return cls(prefix, length, mode, int(keep_cap), int(window))
+
+  @property
+  def num_slots(self) -> int:
+    if self.mode == "causal":
+      return self.prefix + self.length
+    return self.prefix + self.keep_cap + self.window
+
+  def ring_slots(self) -> jax.Array:
+    """(C,) bool: which slots belong to the ring."""
+    return jnp.arange(self.num_slots) >= self.num_slots - (self.window if self.mode == "merge"
+                                                           else 0)
+
+
+class CacheState(NamedTuple):
+  k: tuple            # per layer (B, C, H, Dh)
+  v: tuple
+  positions: jax.Array    # (B, C) int32 raster position of each slot, EMPTY if unused
+  kept_codes: jax.Array   # (B, max(K_cap, 1)) int32 codes in the kept region, in order
+  num_kept: jax.Array     # (B,) int32 kept slots used
+  overflow: jax.Array     # (B,) int32 positions whose new code found the region full
+
+
+def init_cache(layout: CacheLayout, batch: int, num_layers: int, num_heads: int,
+               head_dim: int, dtype) -> CacheState:
+  shape = (batch, layout.num_slots, num_heads, head_dim)
+  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+  return CacheState(
+      k=zeros(), v=zeros(),
+      positions=jnp.full((batch, layout.num_slots), EMPTY, jnp.int32),
+      kept_codes=jnp.full((batch, max(layout.keep_cap, 1)), -1, jnp.int32),
+      num_kept=jnp.zeros((batch,), jnp.int32), overflow=jnp.zeros((batch,), jnp.int32))
+
+
+def assign_slot(layout: CacheLayout, cache: CacheState, codes: jax.Array, position
+                ) -> tuple[jax.Array, CacheState]:
+  """Slot of the code at raster `position` (traced scalar) per sample, and the updated
+  bookkeeping (kept codes, counters). codes (B,) int32 -> slots (B,) int32."""
+  P = layout.prefix
+  if layout.mode == "causal":
+    slot = jnp.full(codes.shape, P, jnp.int32) + position
+    return slot, cache._replace(num_kept=cache.num_kept + 1)
+  cap = layout.keep_cap
+  used = jnp.arange(cap)[None, :] < cache.num_kept[:, None]
+  in_kept = jnp.any((cache.kept_codes == codes[:, None]) & used, axis=-1)
+  room = cache.num_kept < cap
+  keep = ~in_kept & room
+  slot = jnp.where(keep, P + cache.num_kept, P + cap + position % layout.window)
+  write = keep[:, None] & (jnp.arange(cap)[None, :] == cache.num_kept[:, None])
+  cache = cache._replace(
+      kept_codes=jnp.where(write, codes[:, None], cache.kept_codes),
+      num_kept=cache.num_kept + keep.astype(jnp.int32),
+      overflow=cache.overflow + (~in_kept & ~room).astype(jnp.int32))
+  return slot.astype(jnp.int32), cache
+
+
+def record_position(cache: CacheState, slots: jax.Array, position) -> CacheState:
+  """Mark `slots` (B,) as holding raster `position`."""
+  batch = jnp.arange(slots.shape[0])
+  return cache._replace(positions=cache.positions.at[batch, slots].set(position))
+
+
+def visible_slots(layout: CacheLayout, cache: CacheState, position) -> jax.Array:
+  """(B, C) bool: slots a query at raster `position` attends to (after its own write)."""
+  pos = cache.positions
+  window = layout.window if layout.mode == "merge" else layout.length
+  in_ring = pos > position - window
+  return (pos <= position) & jnp.where(layout.ring_slots()[None, :], in_ring, pos != EMPTY)
+
+
+def write_kv(k_cache: jax.Array, v_cache: jax.Array, slots: jax.Array, k: jax.Array,
+             v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Write one token's k, v (B, H, Dh) into (B, C, H, Dh) caches at `slots` (B,)."""
+  batch = jnp.arange(slots.shape[0])
+  return k_cache.at[batch, slots].set(k), v_cache.at[batch, slots].set(v)
+
+
+def cache_bytes(layout: CacheLayout, batch: int, num_layers: int, width: int, itemsize: int
+                ) -> int:
+  """Bytes of the K and V buffers."""
+  return 2 * num_layers * batch * layout.num_slots * width * itemsize
