@@ -6,6 +6,8 @@ trained on the offline sample photographs, in a few minutes on 2 CPU cores.
 LPIPS and the DINOv2 teacher are off unless weight files are given
 (--config.loss.lpips_path=..., --config.loss.teacher_path=... with
 --config.data.align_views=True). The discriminator switches on after 60% of the steps.
+After the tokenizer, a tiny MergeAR trains on the photos' codes and writes samples.png
+(--config.stage2.mergear_config='' skips it).
 """
 import importlib.util
 import os
@@ -43,4 +45,9 @@ def get_config(platform="cpu"):
   config.disc.base_channels = 32
   config.data.source = "samples"
   config.data.crop_scale = (0.3, 1.0)
+  # Then: tokenize the photos (center crop + 23 random crops each) and train a tiny MergeAR
+  # on the codes, one class per photo; it writes samples.png.
+  config.stage2.mergear_config = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                              "mergear_tiny.py")
+  config.stage2.views = 24
   return apply_platform(config, platform)

@@ -147,6 +147,14 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   s = c.sharding = ml_collections.ConfigDict()
   s.mesh_shape = (-1, 1, 1)    # (data, fsdp, tensor); -1 takes the remaining devices
   s.rules = DEFAULT_RULES
+
+  # Optional follow-up in the same job (the demo): tokenize the training images with the
+  # trained tokenizer into <workdir>/codes and train this MergeAR config on them in
+  # <workdir>/mergear (samples.png is copied to <workdir>).
+  s2 = c.stage2 = ml_collections.ConfigDict()
+  s2.mergear_config = ""       # path of a configs/mergear_*.py file; '' = tokenizer only
+  s2.views = 1                 # tokenized views per image (center crop, then random crops)
+  s2.steps = 0                 # overrides the MergeAR config's train.steps when > 0
   return c
 
 

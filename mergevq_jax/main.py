@@ -1,16 +1,20 @@
-"""Train a MergeVQ tokenizer (stage 1).
+"""Train a MergeVQ tokenizer (stage 1) or a MergeAR generator (stage 2).
 
   python -m mergevq_jax.main --config=configs/demo_cpu.py --workdir=/tmp/demo
   python -m mergevq_jax.main --config=configs/tokenizer_gr.py:tpu --workdir=gs://... \
       --config.data.source=tfds --config.data.path=/data/tfds
+  python -m mergevq_jax.main --config=configs/mergear_l.py:tpu --workdir=... \
+      --config.data.codes_dir=CODES          # codes from `python -m mergevq_jax.tokenize`
 
-Resumes from the latest checkpoint in --workdir. Writes checkpoints/, metrics.jsonl,
-tensorboard/, reconstructions.png and summary.json there.
+The config decides the stage (MergeAR configs have stage='mergear'). Resumes from the
+latest checkpoint in --workdir. A tokenizer config with stage2.mergear_config set (the
+demo) also tokenizes its training images and trains that MergeAR on them.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 from absl import flags, logging
@@ -26,6 +30,44 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "clusters; the launch scripts set this).")
 
 
+def load_config_file(path: str):
+  """get_config() of a config file given by path."""
+  import importlib.util
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} not found")
+  spec = importlib.util.spec_from_file_location("stage2_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run_stage2(config, workdir: str) -> dict:
+  """Tokenize the tokenizer run's training images, then train MergeAR on the codes."""
+  from mergevq_jax import pretrained
+  from mergevq_jax.data import sources
+  from mergevq_jax.data.tokenize_images import default_keep_values, tokenize_dataset
+  from mergevq_jax.train import ar_trainer
+  s2 = config.stage2
+  ar_config = load_config_file(s2.mergear_config)
+  if s2.steps > 0:
+    ar_config.train.steps = s2.steps
+  codes_dir = os.path.join(workdir, "codes")
+  tokenizer, tok_config, step = pretrained.load_tokenizer(workdir)
+  keep = [k for k in default_keep_values(tok_config) if k in ar_config.model.keep_values]
+  if not keep:
+    raise ValueError(f"none of the tokenizer's K values {default_keep_values(tok_config)} is "
+                     f"in the MergeAR config's model.keep_values {ar_config.model.keep_values}")
+  tokenize_dataset(tokenizer, sources.source_from_config(tok_config), codes_dir, keep,
+                   views=s2.views, extra_manifest={"tokenizer_workdir": os.path.abspath(workdir),
+                                                   "tokenizer_step": step})
+  ar_config.data.codes_dir = codes_dir
+  ar_workdir = os.path.join(workdir, "mergear")
+  summary = ar_trainer.train(ar_config, ar_workdir)
+  if summary.get("samples_png") and jax.process_index() == 0:
+    shutil.copy(summary["samples_png"], os.path.join(workdir, "samples.png"))
+  return summary
+
+
 def main(argv):
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -34,9 +76,20 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from mergevq_jax.train.trainer import train
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  summary = train(_CONFIG.value, _WORKDIR.value)
+  from mergevq_jax.config_mergear import is_mergear_config
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  if is_mergear_config(config):
+    from mergevq_jax.train.ar_trainer import train
+    summary = train(config, workdir)
+  else:
+    from mergevq_jax.train.trainer import train
+    summary = train(config, workdir)
+    if config.stage2.mergear_config:
+      summary["mergear"] = run_stage2(config, workdir)
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+          json.dump(summary, f, indent=1)
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=1))
 

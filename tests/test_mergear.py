@@ -242,3 +242,22 @@ def test_sharded_decode_equals_single_device():
     assert r["stats_equal"] and r["sampled_equal"] and r["greedy_equal"], (mesh, r)
     assert r["codes_spec"][0] != "None", mesh          # the batch stays split
   assert results["2x2x2"]["wqkv_spec"] == ["None", "fsdp", "None", "tensor", "None"]
+
+
+def test_sampling_filters():
+  from mergevq_jax.models.sampling import SamplingParams, filter_logits, sample
+  logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+  kept = lambda k, p: np.isfinite(np.asarray(filter_logits(logits, jnp.int32(k),
+                                                           jnp.float32(p))))[0].tolist()
+  assert kept(2, 1.0) == [True, True, False, False, False]
+  assert kept(0, 0.6) == [True, True, False, False, False]     # 0.5 < 0.6 <= 0.7
+  assert kept(0, 0.3) == [True, False, False, False, False]
+  assert kept(0, 1.0) == [True] * 5
+  assert kept(4, 0.8) == [True, True, True, False, False]
+  keys = jax.random.split(jax.random.key(0), 20000)
+  draw = jax.vmap(lambda k, p: sample(k, logits, p)[0], in_axes=(0, None))
+  freq = np.bincount(np.asarray(draw(keys, SamplingParams.make(1.0, 0, 1.0))), minlength=5)
+  np.testing.assert_allclose(freq / 20000, [0.5, 0.2, 0.15, 0.1, 0.05], atol=0.015)
+  freq = np.bincount(np.asarray(draw(keys, SamplingParams.make(1.0, 2, 1.0))), minlength=5)
+  np.testing.assert_allclose(freq / 20000, [5 / 7, 2 / 7, 0, 0, 0], atol=0.015)
+  assert set(np.asarray(draw(keys[:50], SamplingParams.make(0.0, 0, 1.0))).tolist()) == {0}

@@ -27,7 +27,7 @@ from mergevq_jax.data import sources as sources_lib
 MAX_READ_THREADS = 8
 
 
-def _process_layout(process_index, process_count) -> tuple[int, int]:
+def process_layout(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=import-outside-toplevel
     process_index = jax.process_index() if process_index is None else process_index
@@ -69,7 +69,7 @@ def make_train_dataset(config, *, seed: int, process_index=None, process_count=N
                        source=None) -> grain.MapDataset:
   """The infinite MapDataset of per-process training batches (see module docstring).
   `source` overrides `source_from_config(config)` (any object with __len__/__getitem__)."""
-  process_index, process_count = _process_layout(process_index, process_count)
+  process_index, process_count = process_layout(process_index, process_count)
   batch = per_process_batch_size(config.train.batch_size, process_count)
   num_workers = int(config.data.num_workers)
   if num_workers < 0:
@@ -79,6 +79,14 @@ def make_train_dataset(config, *, seed: int, process_index=None, process_count=N
   if len(source) < process_count:
     raise ValueError(f"the data source has {len(source)} images, fewer than the "
                      f"{process_count} processes that each need a shard")
+  return shuffled_batches(source, batch, seed=seed, process_index=process_index,
+                          process_count=process_count, transform=transform)
+
+
+def shuffled_batches(source, batch: int, *, seed: int, process_index: int, process_count: int,
+                     transform=None) -> grain.MapDataset:
+  """This process's shard of `source`, shuffled (reshuffled every epoch), repeated forever,
+  optionally mapped by a grain RandomMapTransform, in batches of `batch`."""
   # Independent, process-specific seeds for the shuffle and the augmentations.
   shuffle_seed, augment_seed = (int(s) for s in
                                 np.random.SeedSequence([int(seed), process_index])
@@ -86,8 +94,18 @@ def make_train_dataset(config, *, seed: int, process_index=None, process_count=N
   ds = grain.MapDataset.source(source)
   ds = ds[process_index::process_count]
   ds = ds.shuffle(seed=shuffle_seed).repeat()
-  ds = ds.random_map(transform, seed=augment_seed)
+  if transform is not None:
+    ds = ds.random_map(transform, seed=augment_seed)
   return ds.batch(batch, drop_remainder=True)
+
+
+def iterate(ds: grain.MapDataset, num_workers: int = 0) -> grain.DatasetIterator:
+  """Checkpointable iterator over a MapDataset, with `num_workers` worker processes."""
+  it_ds = ds.to_iter_dataset(_read_options(num_workers))
+  if num_workers > 0:
+    _ensure_absl_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
 
 
 def make_train_iterator(config, *, seed: int, process_index=None, process_count=None,
@@ -99,12 +117,7 @@ def make_train_iterator(config, *, seed: int, process_index=None, process_count=
   process_index / process_count default to jax.process_index() / jax.process_count()."""
   ds = make_train_dataset(config, seed=seed, process_index=process_index,
                           process_count=process_count, source=source)
-  num_workers = int(config.data.num_workers)
-  it_ds = ds.to_iter_dataset(_read_options(num_workers))
-  if num_workers > 0:
-    _ensure_absl_flags_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(it_ds)
+  return iterate(ds, int(config.data.num_workers))
 
 
 def eval_indices(length: int, n: int) -> np.ndarray:

@@ -164,8 +164,9 @@ def make_generate_fn(graphdef: nnx.GraphDef, layout: CacheLayout, guidance: bool
 class Generator:
   """Validated, compiled-once sampling from a MergeAR state.
 
-  gen = Generator(model)                        # or Generator.from_split(graphdef, state)
+  gen = Generator(model)
   codes, stats = gen(key, class_ids=[1, 2], num_keep=144, cfg_scale=4.0, top_k=0)
+  gen.state = new_params     # same graph, other weights: no recompilation
   """
 
   def __init__(self, model: MergeAR, window: int | None = None, mode: str | None = None):

@@ -62,7 +62,10 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
 def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> jax.Array:
   """(B, V) float logits -> (B,) int32 token ids."""
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  t = jnp.maximum(params.temperature, 1e-6)
-  filtered = filter_logits(logits / t, params.top_k, params.top_p)
-  drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+  scaled = logits / jnp.maximum(params.temperature, 1e-6)
+  # The filters sort the vocabulary: skip them (at run time, no recompile) when both are off.
+  filtering = (params.top_k > 0) | (params.top_p < 1)
+  scaled = jax.lax.cond(filtering, lambda x: filter_logits(x, params.top_k, params.top_p),
+                        lambda x: x, scaled)
+  drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
   return jnp.where(params.temperature > 0, drawn, greedy)

@@ -13,7 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-LAYOUT_VERSION = "mergevq_jax.stage1.v1"
+LAYOUT_VERSION = "mergevq_jax.stage1.v1"          # the tokenizer's TrainState
+MERGEAR_LAYOUT_VERSION = "mergevq_jax.mergear.v1"  # MergeAR's ARTrainState
 
 
 def _data_args(iterator, save: bool):
@@ -25,7 +26,9 @@ def _data_args(iterator, save: bool):
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, keep: int, async_save: bool = False):
+  def __init__(self, workdir: str, keep: int, async_save: bool = False,
+               layout: str = LAYOUT_VERSION):
+    self.layout = layout
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
@@ -37,7 +40,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, iterator=None, meta: dict | None = None,
            force: bool = False) -> None:
     items = {"state": ocp.args.StandardSave(state),
-             "meta": ocp.args.JsonSave({"layout": LAYOUT_VERSION, "step": int(step),
+             "meta": ocp.args.JsonSave({"layout": self.layout, "step": int(step),
                                         **(meta or {})})}
     data = _data_args(iterator, save=True)
     if data is not None:
@@ -48,6 +51,8 @@ class Checkpointer:
               step: int | None = None) -> tuple[Any, dict]:
     """Restore (state placed per `shardings`, meta); the iterator is restored in place."""
     step = self.latest_step() if step is None else step
+    if step is None:
+      raise ValueError(f"no checkpoint in {self.directory}")
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, shardings)
     items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
@@ -56,9 +61,9 @@ class Checkpointer:
       items["data"] = data
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     meta = out["meta"]
-    if meta.get("layout") != LAYOUT_VERSION:
+    if meta.get("layout") != self.layout:
       raise ValueError(f"checkpoint {self.directory}/{step} has layout {meta.get('layout')!r}, "
-                       f"this code reads {LAYOUT_VERSION!r}")
+                       f"expected {self.layout!r}")
     return out["state"], meta
 
   def wait(self) -> None:

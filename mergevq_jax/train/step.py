@@ -29,7 +29,7 @@ class Frozen(NamedTuple):
   teacher: Any = None
 
 
-def _tree_all_finite(tree) -> jax.Array:
+def tree_all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
@@ -111,7 +111,7 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
       total, _ = jax.lax.scan(body, zeros, micro)
       g_grads, d_grads, terms = jax.tree.map(lambda x: x / t.accum_steps, total)
 
-    finite = _tree_all_finite((g_grads, d_grads, terms["g_total"]))
+    finite = tree_all_finite((g_grads, d_grads, terms["g_total"]))
 
     def apply(state: TrainState) -> TrainState:
       updates, opt_state = tx.update(g_grads, state.opt_state, state.params)

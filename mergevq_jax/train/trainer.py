@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from mergevq_jax import config_base, sharding
 from mergevq_jax.models import lfq
+from mergevq_jax.pretrained import save_config
 from mergevq_jax.train import losses
 from mergevq_jax.train.checkpoint import Checkpointer
 from mergevq_jax.train.logger import Logger, image_grid, to_uint8
@@ -73,7 +74,7 @@ def load_frozen(config) -> tuple[Frozen, Frozen]:
   return Frozen(**graphdefs), Frozen(**states)
 
 
-class _Preemption:
+class Preemption:
   """Sets a flag on SIGTERM so the loop can checkpoint and exit cleanly."""
 
   def __init__(self):
@@ -88,7 +89,7 @@ class _Preemption:
     self.requested = True
 
 
-def _progress(total: int, initial: int):
+def progress_bar(total: int, initial: int):
   try:
     from tqdm import tqdm
   except ImportError:
@@ -123,6 +124,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
 
   t = config.train
   rules = sharding.rules_from_config(config)
+  save_config(workdir, config)
   graphs = make_graphs(config)
   frozen_graphs, frozen = load_frozen(config)
   if frozen.teacher is not None and not config.data.align_views:
@@ -153,8 +155,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
   eval_keeps = sorted({min(candidates), config.model.num_keep})
 
   logger = Logger(workdir)
-  preempt = _Preemption()
-  bar = _progress(t.steps, start)
+  preempt = Preemption()
+  bar = progress_bar(t.steps, start)
   summary = {"workdir": os.path.abspath(workdir), "start_step": start}
   first_eval = None
   last_eval = None

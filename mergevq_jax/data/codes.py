@@ -1,0 +1,100 @@
+"""On-disk code datasets for stage 2: what `python -m mergevq_jax.tokenize` writes and the
+MergeAR trainer reads.
+
+Layout of a codes directory:
+  manifest.json                       geometry, K values, classes, the tokenizer it came from
+  shard-<p>-of-<n>.codes.npy          (N_p, L) int32 codes in raster order (one per position:
+                                      the code of the merged token that owns it)
+  shard-<p>-of-<n>.keep.npy           (N_p,) int32 K (merge instruction) of each sequence
+  shard-<p>-of-<n>.label.npy          (N_p,) int32 class label
+Each process writes its own shard (files renamed into place when complete); readers
+memory-map every shard, so the dataset never has to fit in RAM.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+
+FORMAT = "mergevq_jax.codes.v1"
+ARRAYS = ("codes", "keep", "label")
+
+
+def shard_prefix(directory: str, process_index: int, process_count: int) -> str:
+  return os.path.join(directory, f"shard-{process_index:05d}-of-{process_count:05d}")
+
+
+def write_shard(directory: str, process_index: int, process_count: int, codes: np.ndarray,
+                keep: np.ndarray, label: np.ndarray) -> str:
+  """Write one process's arrays atomically (tmp file + rename). Returns the prefix."""
+  n = len(codes)
+  if codes.ndim != 2 or keep.shape != (n,) or label.shape != (n,):
+    raise ValueError(f"codes (N, L), keep (N,), label (N,) expected, got {codes.shape}, "
+                     f"{keep.shape}, {label.shape}")
+  os.makedirs(directory, exist_ok=True)
+  prefix = shard_prefix(directory, process_index, process_count)
+  for name, array in zip(ARRAYS, (codes, keep, label)):
+    tmp = f"{prefix}.{name}.tmp.npy"
+    np.save(tmp, np.asarray(array, np.int32))
+    os.replace(tmp, f"{prefix}.{name}.npy")
+  return prefix
+
+
+def write_manifest(directory: str, manifest: dict) -> None:
+  tmp = os.path.join(directory, "manifest.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump({"format": FORMAT, **manifest}, f, indent=1)
+  os.replace(tmp, os.path.join(directory, "manifest.json"))
+
+
+def read_manifest(directory: str) -> dict:
+  path = os.path.join(directory, "manifest.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{directory!r} is not a codes directory (no manifest.json); create one "
+                     f"with `python -m mergevq_jax.tokenize`")
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, this code reads {FORMAT!r}")
+  return manifest
+
+
+class CodeDataset:
+  """All shards of a codes directory as one random-access source:
+  `ds[i] -> {'codes': (L,) int32, 'keep': int, 'label': int}`."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.manifest = read_manifest(directory)
+    prefixes = sorted(p[:-len(".codes.npy")]
+                      for p in glob.glob(os.path.join(directory, "shard-*.codes.npy")))
+    if not prefixes:
+      raise ValueError(f"{directory!r}: manifest.json but no shard-*.codes.npy files")
+    parts = {name: [np.load(f"{p}.{name}.npy", mmap_mode="r") for p in prefixes]
+             for name in ARRAYS}
+    self.num_positions = int(self.manifest["num_positions"])
+    for p, codes in zip(prefixes, parts["codes"]):
+      if codes.ndim != 2 or codes.shape[1] != self.num_positions:
+        raise ValueError(f"{p}.codes.npy has shape {codes.shape}; the manifest says "
+                         f"L={self.num_positions}")
+    self._parts = parts
+    self._offsets = np.cumsum([0] + [len(c) for c in parts["codes"]])
+
+  def __len__(self) -> int:
+    return int(self._offsets[-1])
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(index)
+    part = int(np.searchsorted(self._offsets, index, side="right") - 1)
+    i = index - int(self._offsets[part])
+    return {"codes": np.asarray(self._parts["codes"][part][i], np.int32),
+            "keep": int(self._parts["keep"][part][i]),
+            "label": int(self._parts["label"][part][i])}
+
+  def column(self, name: str) -> np.ndarray:
+    """One array over all shards, e.g. column('keep') (N,)."""
+    return np.concatenate([np.asarray(a) for a in self._parts[name]])

@@ -1,0 +1,162 @@
+"""Stage 2: tokenize job -> code dataset -> MergeAR trainer (learning, resume, checks) ->
+sampling CLI. The tokenizer run is a checkpoint of an untrained tiny tokenizer (what is
+tested here is the plumbing, not image quality; the demo trains a real one)."""
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mergevq_jax import pretrained, sharding
+from mergevq_jax.data import codes as codes_lib
+from mergevq_jax.data.sources import SampleImages
+from mergevq_jax.models.tokenizer import jit_method
+from mergevq_jax.data.tokenize_images import expand_codes, tokenize_dataset
+from mergevq_jax.train import ar_step, ar_trainer
+from mergevq_jax.train.checkpoint import MERGEAR_LAYOUT_VERSION, Checkpointer
+from mergevq_jax.train.state import create_state
+
+from conftest import ROOT, load_config
+
+KEEPS = (25, 36)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+  """A stage-1 run directory: config.json + a checkpoint at step 0."""
+  workdir = str(tmp_path_factory.mktemp("tok"))
+  cfg = load_config("tokenizer_tiny")
+  cfg.disc.enabled = False
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, _ = create_state(cfg, mesh, sharding.DEFAULT_RULES)
+  pretrained.save_config(workdir, cfg)
+  ckpt = Checkpointer(workdir, keep=1)
+  ckpt.save(0, state)
+  ckpt.close()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def codes_dir(tokenizer_run, tmp_path_factory):
+  tokenizer, _, _ = pretrained.load_tokenizer(tokenizer_run)
+  out = str(tmp_path_factory.mktemp("codes"))
+  tokenize_dataset(tokenizer, SampleImages(), out, KEEPS, views=2, batch_size=16,
+                   extra_manifest={"tokenizer_workdir": tokenizer_run}, progress=False)
+  return out
+
+
+def test_tokenized_codes_are_the_expanded_encoding(tokenizer_run, codes_dir):
+  ds = codes_lib.CodeDataset(codes_dir)
+  n_images = len(SampleImages())
+  assert len(ds) == 2 * n_images
+  man = ds.manifest
+  assert man["grid"] == [8, 8] and man["num_positions"] == 64 and man["code_bits"] == 18
+  assert man["num_classes"] == n_images
+  keep = ds.column("keep")
+  assert set(keep.tolist()) == set(KEEPS)            # both K values are used
+  for i in range(len(ds)):                            # at most K distinct codes per image
+    assert len(set(ds[i]["codes"].tolist())) <= ds[i]["keep"]
+  # The first view is the center crop: the codes equal the tokenizer's expanded encoding.
+  from mergevq_jax.data.augment import eval_view
+  tokenizer, _, _ = pretrained.load_tokenizer(tokenizer_run)
+  item = next(ds[i] for i in range(len(ds)) if ds[i]["label"] == 0)
+  image = eval_view(SampleImages()[0]["image"], 64)[None]
+  graphdef, state = nnx.split(tokenizer)
+  enc = jit_method(graphdef, "encode")(state, jnp.asarray(image), num_keep=item["keep"])
+  np.testing.assert_array_equal(expand_codes(enc.indices, enc.owner)[0], item["codes"])
+
+
+def test_expand_codes_follows_the_owner():
+  indices = jnp.array([[7, 9, 11]])
+  owner = jnp.array([[0, 0, 2, 1, 2]])
+  np.testing.assert_array_equal(expand_codes(indices, owner), [[7, 7, 11, 9, 11]])
+
+
+def ar_config(codes_dir, **train):
+  c = load_config("mergear_tiny")
+  c.model.width, c.model.num_layers, c.model.num_heads, c.model.ffn_dim = 64, 2, 2, 128
+  c.data.codes_dir = codes_dir
+  c.train.update(dict(batch_size=8, steps=6, log_every=1, sample_every=0,
+                      ckpt_every=10 ** 6, warmup_steps=2, ema_decay=0.9))
+  c.train.update(train)
+  return c
+
+
+def final_state(workdir, cfg):
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  abstract = ar_step.abstract_state(cfg)
+  ckpt = Checkpointer(workdir, keep=3, layout=MERGEAR_LAYOUT_VERSION)
+  state, _ = ckpt.restore(abstract, sharding.state_shardings(abstract, mesh,
+                                                             sharding.DEFAULT_RULES))
+  ckpt.close()
+  return state
+
+
+def test_ar_training_learns_and_resumes_exactly(codes_dir, tmp_path):
+  cfg = ar_config(codes_dir, steps=40, lr=3e-3)
+  summary = ar_trainer.train(cfg, str(tmp_path / "long"))
+  assert summary["steps"] == 40 and summary["skipped_steps"] == 0
+  assert summary["loss_last_log"] < summary["loss_first_log"] - 1.0   # nats per position
+  last = json.loads((tmp_path / "long" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert {"train/ce_0", "train/ce_1", "train/acc", "train/lr"} <= set(last)
+  # Resume: 2N steps == N steps + restart + N steps (parameters, optimizer, EMA, data).
+  cfg = ar_config(codes_dir)
+  ar_trainer.train(cfg, str(tmp_path / "straight"))
+  ar_trainer.train(cfg, str(tmp_path / "split"), stop_at=3)
+  second = ar_trainer.train(cfg, str(tmp_path / "split"))
+  assert second["start_step"] == 3 and second["steps"] == 6
+  a, b = final_state(str(tmp_path / "straight"), cfg), final_state(str(tmp_path / "split"), cfg)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: setattr(c.model, "keep_values", (25, 49)), r"K=\[36\]"),
+    (lambda c: setattr(c.model, "num_classes", 3), "model.num_classes=3"),
+    (lambda c: setattr(c.model, "grid", (16, 4)), "code grid"),
+    (lambda c: setattr(c.data, "codes_dir", "/nonexistent"), "manifest.json"),
+    (lambda c: setattr(c.train, "batch_size", 7) if jax.device_count() > 1 else
+     setattr(c.train, "steps", 0), "train"),
+])
+def test_ar_trainer_rejects_bad_setups(codes_dir, tmp_path, change, match):
+  cfg = ar_config(codes_dir)
+  change(cfg)
+  with pytest.raises(ValueError, match=match):
+    ar_trainer.train(cfg, str(tmp_path))
+
+
+def test_class_dropout_uses_the_null_class():
+  labels = jnp.arange(4000, dtype=jnp.int32) % 7
+  dropped = ar_step.drop_labels(labels, jnp.int32(3), 0.1, 7, seed=0)
+  changed = np.asarray(dropped != labels)
+  assert 0.08 < changed.mean() < 0.12                       # rate 0.1
+  assert set(np.asarray(dropped)[changed].tolist()) == {7}   # replaced by the null class
+  np.testing.assert_array_equal(dropped, ar_step.drop_labels(labels, jnp.int32(3), 0.1, 7, 0))
+  assert not np.array_equal(dropped, ar_step.drop_labels(labels, jnp.int32(4), 0.1, 7, 0))
+
+
+def test_sample_cli_writes_grid_and_stats(codes_dir, tokenizer_run, tmp_path):
+  cfg = ar_config(codes_dir, steps=2, sample_every=2)
+  summary = ar_trainer.train(cfg, str(tmp_path / "ar"))
+  assert (tmp_path / "ar" / "samples.png").is_file()
+  assert summary["sample/kept_slots_used"] > 0
+  out = subprocess.run(
+      [sys.executable, "-m", "mergevq_jax.sample", f"--ar_workdir={tmp_path / 'ar'}",
+       "--classes=0,3", "--per_class=2", "--cfg=2.0", "--top_k=50", "--num_keep=36",
+       f"--out={tmp_path / 'grid.png'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  from PIL import Image
+  assert Image.open(tmp_path / "grid.png").size[0] > 2 * 64
+  report = json.loads((tmp_path / "grid.json").read_text())
+  assert len(report["samples"]) == 4 and report["cfg"] == 2.0 and report["num_keep"] == 36
+  for s in report["samples"]:
+    assert 1 <= s["kept_slots_used"] <= 36 and s["distinct_codes"] >= s["kept_slots_used"]
+  bad = subprocess.run(
+      [sys.executable, "-m", "mergevq_jax.sample", f"--ar_workdir={tmp_path / 'ar'}",
+       "--classes=99", f"--out={tmp_path / 'bad.png'}"], cwd=ROOT, capture_output=True,
+      text=True, timeout=600)
+  assert bad.returncode == 2 and "class ids must be in [0, 16)" in bad.stderr
