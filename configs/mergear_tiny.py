@@ -28,4 +28,6 @@ def get_config(platform=None):
   t.ckpt_every = 300
   t.keep_ckpts = 2
   config.sample.num_classes_shown = 8
+  config.sample.cfg_scale = 3.0
+  config.sample.top_p = 0.8
   return apply_platform(config, platform)

@@ -1,4 +1,5 @@
-"""Print a tokenizer config's parameter counts, token geometry and GFLOPs as one JSON object.
+"""Print a config's parameter counts and geometry as one JSON object: a tokenizer's (with
+GFLOPs) or a MergeAR's (with its KV-cache sizes).
 
   python -m mergevq_jax.info --config=configs/tokenizer_gr.py[:gpu] [--config.model.num_keep=196]
 
@@ -70,11 +71,36 @@ def tokenizer_info(config, with_flops: bool = True) -> dict:
   return info
 
 
+def mergear_info(config) -> dict:
+  """Parameter counts of a MergeAR config and its KV-cache sizes (slots per sample)."""
+  from mergevq_jax.models.kv_cache import CacheLayout
+  from mergevq_jax.models.mergear import PREFIX, MergeAR
+  model = nnx.eval_shape(lambda: MergeAR(config, rngs=nnx.Rngs(0)))
+  m = config.model
+  params = nnx.state(model, nnx.Param)
+  body = layers.count_params(params["layers"])
+  L = model.num_positions
+  return {
+      "variant": m.variant, "num_layers": m.num_layers, "width": m.width,
+      "num_heads": m.num_heads, "ffn_dim": m.ffn_dim, "num_positions": L,
+      "sub_code_bits": list(m.sub_code_bits), "keep_values": list(m.keep_values),
+      "window": m.window, "body_params": body,
+      "total_params": layers.count_params(params),
+      "cache_slots_full": CacheLayout.make(PREFIX, L, "causal").num_slots,
+      "cache_slots_pruned": {int(k): CacheLayout.make(PREFIX, L, "merge", int(k), m.window)
+                             .num_slots for k in m.keep_values},
+  }
+
+
 def main(argv):
   del argv
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/<name>.py is required")
-  print(json.dumps(tokenizer_info(_CONFIG.value, _FLOPS.value)))
+  from mergevq_jax.config_mergear import is_mergear_config
+  if is_mergear_config(_CONFIG.value):
+    print(json.dumps(mergear_info(_CONFIG.value)))
+  else:
+    print(json.dumps(tokenizer_info(_CONFIG.value, _FLOPS.value)))
 
 
 if __name__ == "__main__":

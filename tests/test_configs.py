@@ -70,3 +70,11 @@ def test_info_gr_flops_match_paper():
   info = json.loads(run_info("--config=configs/tokenizer_gr.py").stdout)
   assert abs(info["encoder_gmacs"] / 46.4 - 1) < 0.05
   assert abs(info["decoder_gmacs"] / 65.6 - 1) < 0.05
+
+
+def test_info_cli_mergear():
+  out = run_info("--config=configs/mergear_l.py")
+  assert out.returncode == 0, out.stderr
+  info = json.loads(out.stdout)
+  assert info["num_layers"] == 24 and info["width"] == 1024 and info["num_positions"] == 256
+  assert info["cache_slots_full"] == 258 and info["cache_slots_pruned"]["144"] == 162

@@ -77,9 +77,10 @@ def tokenize_dataset(tokenizer, source, out_dir: str, keep_values, *, views: int
       done += len(chunk)
       if progress and jax.process_index() == 0:
         rate = done / max(time.time() - t0, 1e-9)
-        print(f"\rtokenized {done}/{len(jobs)} ({rate:.1f} images/s, K={k})", end="",
-              file=sys.stderr, flush=True)
-  if progress and jax.process_index() == 0:
+        tty = sys.stderr.isatty()
+        print(f"{chr(13) if tty else ''}tokenized {done}/{len(jobs)} ({rate:.1f} images/s, "
+              f"K={k})", end="" if tty else "\n", file=sys.stderr, flush=True)
+  if progress and jax.process_index() == 0 and sys.stderr.isatty():
     print(file=sys.stderr)
   if not jobs:
     raise ValueError(f"process {process_index} of {process_count} has no images to tokenize")
