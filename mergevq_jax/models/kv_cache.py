@@ -10,7 +10,8 @@ visible when pos <= i and, for a ring slot, pos > i - W. This realises
 `merge_mask(codes, W, K_cap)` exactly, overflow included.
 
 mode='causal' is the plain LlamaGen cache (P + L slots, position j in slot P + j).
-Shapes: k/v per layer (B, C, H, Dh); positions (B, C) int32.
+Shapes: k/v per layer (B, H, C, Dh) (heads-major, as attention reads them); positions
+(B, C) int32.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class CacheLayout(NamedTuple):
 
 
 class CacheState(NamedTuple):
-  k: tuple            # per layer (B, C, H, Dh)
+  k: tuple            # per layer (B, H, C, Dh)
   v: tuple
   positions: jax.Array    # (B, C) int32 raster position of each slot, EMPTY if unused
   kept_codes: jax.Array   # (B, max(K_cap, 1)) int32 codes in the kept region, in order
@@ -66,7 +67,7 @@ class CacheState(NamedTuple):
 
 def init_cache(layout: CacheLayout, batch: int, num_layers: int, num_heads: int,
                head_dim: int, dtype) -> CacheState:
-  shape = (batch, layout.num_slots, num_heads, head_dim)
+  shape = (batch, num_heads, layout.num_slots, head_dim)
   zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
   return CacheState(
       k=zeros(), v=zeros(),
@@ -113,9 +114,9 @@ def visible_slots(layout: CacheLayout, cache: CacheState, position) -> jax.Array
 
 def write_kv(k_cache: jax.Array, v_cache: jax.Array, slots: jax.Array, k: jax.Array,
              v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Write one token's k, v (B, H, Dh) into (B, C, H, Dh) caches at `slots` (B,)."""
+  """Write one token's k, v (B, H, Dh) into (B, H, C, Dh) caches at `slots` (B,)."""
   batch = jnp.arange(slots.shape[0])
-  return k_cache.at[batch, slots].set(k), v_cache.at[batch, slots].set(v)
+  return k_cache.at[batch, :, slots].set(k), v_cache.at[batch, :, slots].set(v)
 
 
 def cache_bytes(layout: CacheLayout, batch: int, num_layers: int, width: int, itemsize: int

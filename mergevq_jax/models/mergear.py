@@ -87,29 +87,39 @@ class LayerParams(NamedTuple):
 
 def block_qkv(p: LayerParams, x: jax.Array, angles: jax.Array, eps: float
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """x (B, T, D) -> rotated q, k and v, each (B, T, H, Dh)."""
-  h = rms_norm(x, p.attn_norm, eps)
-  qkv = jnp.einsum("btd,dkhc->kbthc", h, p.wqkv.astype(x.dtype))
-  q, k = apply_rope(qkv[0], angles), apply_rope(qkv[1], angles)
-  return constrain(q, ("batch", "length", "act_heads", None)), k, qkv[2]
+  """x (B, T, D) -> rotated q, k and v, each heads-major (B, H, T, Dh).
+
+  Projections are plain 2-D matmuls on the (D, 3*H*Dh) view of the kernel: with the
+  multi-axis einsum, XLA:CPU transposed the kernels inside the decode loop, every step.
+  """
+  b, t, d = x.shape
+  heads, head_dim = p.wo.shape[0], p.wo.shape[1]
+  h = rms_norm(x, p.attn_norm, eps).reshape(b * t, d)
+  qkv = (h @ p.wqkv.reshape(d, -1).astype(x.dtype)).reshape(b, t, 3, heads, head_dim)
+  q, k = apply_rope(qkv[:, :, 0], angles), apply_rope(qkv[:, :, 1], angles)
+  q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, qkv[:, :, 2]))
+  return constrain(q, ("batch", "act_heads", "length", None)), k, v
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
-  """Softmax attention in float32: q (B, T, H, Dh), k/v (B, S, H, Dh), visible (B, T, S)
-  bool -> (B, T, H, Dh). Every query row must see at least one key (the prefix)."""
+  """Softmax attention in float32: q (B, H, T, Dh), k/v (B, H, S, Dh), visible (B, T, S)
+  bool -> (B, H, T, Dh). Every query row must see at least one key (the prefix)."""
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bthc,bshc->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("bhtc,bhsc->bhts", q, k, preferred_element_type=jnp.float32) * scale
   logits = jnp.where(visible[:, None], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bshc->bthc", weights, v)
+  return jnp.einsum("bhts,bhsc->bhtc", weights, v)
 
 
 def block_finish(p: LayerParams, x: jax.Array, o: jax.Array, eps: float) -> jax.Array:
-  """Attention output projection + residual, then the SwiGLU FFN residual."""
-  x = x + jnp.einsum("bthc,hcd->btd", o, p.wo.astype(x.dtype))
-  h = rms_norm(x, p.ffn_norm, eps)
-  gate_up = jnp.einsum("btd,dkf->kbtf", h, p.w13.astype(x.dtype))
-  hidden = constrain(jax.nn.silu(gate_up[0]) * gate_up[1], ("batch", "length", "act_mlp"))
+  """Attention output (B, H, T, Dh) projection + residual, then the SwiGLU FFN residual."""
+  b, t, d = x.shape
+  o = jnp.swapaxes(o, 1, 2).reshape(b * t, -1)
+  x = x + (o @ p.wo.reshape(-1, d).astype(x.dtype)).reshape(b, t, d)
+  h = rms_norm(x, p.ffn_norm, eps).reshape(b * t, d)
+  gate_up = (h @ p.w13.reshape(d, -1).astype(x.dtype)).reshape(b * t, 2, -1)
+  hidden = jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1]
+  hidden = constrain(hidden.reshape(b, t, -1), ("batch", "length", "act_mlp"))
   return constrain(x + hidden @ p.w2.astype(x.dtype), ("batch", "length", "act_embed"))
 
 

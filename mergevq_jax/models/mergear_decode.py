@@ -48,7 +48,7 @@ def _step(model: MergeAR, layers, layout: CacheLayout, cache: CacheState, x: jax
   ks, vs = [], []
   for p, k_cache, v_cache in zip(layers, cache.k, cache.v):
     q, k, v = block_qkv(p, x, angles, eps)
-    k_cache, v_cache = kv_cache.write_kv(k_cache, v_cache, slots, k[:, 0], v[:, 0])
+    k_cache, v_cache = kv_cache.write_kv(k_cache, v_cache, slots, k[:, :, 0], v[:, :, 0])
     x = block_finish(p, x, attend(q, k_cache, v_cache, visible), eps)
     ks.append(k_cache)
     vs.append(v_cache)
