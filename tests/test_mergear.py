@@ -261,3 +261,21 @@ def test_sampling_filters():
   freq = np.bincount(np.asarray(draw(keys, SamplingParams.make(1.0, 2, 1.0))), minlength=5)
   np.testing.assert_allclose(freq / 20000, [5 / 7, 2 / 7, 0, 0, 0], atol=0.015)
   assert set(np.asarray(draw(keys[:50], SamplingParams.make(0.0, 0, 1.0))).tolist()) == {0}
+
+
+@pytest.mark.parametrize("vocab", [4096, 60, 7])
+def test_inverse_cdf_draw_matches_softmax(vocab):
+  """Two-level inverse-CDF draws follow softmax(logits); masked tokens never come up."""
+  from mergevq_jax.models.sampling import inverse_cdf_draw
+  logits = jax.random.normal(jax.random.key(vocab), (1, vocab)) * 2
+  logits = logits.at[0, ::3].set(-jnp.inf)               # filtered tokens
+  keys = jax.random.split(jax.random.key(1), 40000)
+  draws = np.asarray(jax.vmap(lambda k: inverse_cdf_draw(k, logits)[0])(keys))
+  probs = np.asarray(jax.nn.softmax(logits[0]))
+  assert not np.any(draws % 3 == 0)
+  freq = np.bincount(draws, minlength=vocab) / len(draws)
+  # total variation against the exact distribution (sampling noise ~ sqrt(V / n))
+  assert 0.5 * np.abs(freq - probs).sum() < 0.03 + 0.5 * np.sqrt(vocab / len(draws))
+  cdf = np.cumsum(probs)
+  for q in (0.1, 0.5, 0.9):
+    assert abs(np.searchsorted(cdf, q) - np.percentile(draws, 100 * q)) <= max(2, vocab // 50)

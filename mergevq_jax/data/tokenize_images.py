@@ -14,8 +14,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from mergevq_jax.data import augment, codes as codes_lib, sources
+from mergevq_jax.data.pipeline import process_layout
+from mergevq_jax.models.tokenizer import jit_method
 
 
 def expand_codes(indices: jax.Array, owner: jax.Array) -> jax.Array:
@@ -39,21 +42,22 @@ def tokenize_dataset(tokenizer, source, out_dir: str, keep_values, *, views: int
                      process_count: int | None = None, extra_manifest: dict | None = None,
                      progress: bool = True) -> dict:
   """Tokenize this process's slice of `source` into `out_dir`; returns the manifest."""
-  from mergevq_jax.data.pipeline import process_layout
-  from mergevq_jax.models.tokenizer import jit_method
-  from flax import nnx
   process_index, process_count = process_layout(process_index, process_count)
   keep_values = tuple(int(k) for k in keep_values)
-  if views < 1 or batch_size < 1:
-    raise ValueError(f"views and batch_size must be >= 1, got {views}, {batch_size}")
-  batch_size = min(batch_size, len(range(process_index, len(source), process_count)) * views)
+  if views < 1 or batch_size < 1 or not keep_values:
+    raise ValueError(f"views and batch_size must be >= 1 and keep_values non-empty, got "
+                     f"{views}, {batch_size}, {keep_values}")
   for k in keep_values:
     tokenizer.schedule(k)   # ValueError if the tokenizer cannot reach this K
+  indices = range(process_index, len(source), process_count)
+  jobs = [(i, v, keep_values[(i + v) % len(keep_values)]) for v in range(views) for i in indices]
+  if not jobs:
+    raise ValueError(f"process {process_index} of {process_count} has no images to tokenize "
+                     f"(the source has {len(source)})")
+  batch_size = min(batch_size, len(jobs))
   size = tokenizer.config.model.image_size
   graphdef, state = nnx.split(tokenizer)
   encode = jit_method(graphdef, "encode")
-  indices = range(process_index, len(source), process_count)
-  jobs = [(i, v, keep_values[(i + v) % len(keep_values)]) for v in range(views) for i in indices]
   out = {name: [] for name in codes_lib.ARRAYS}
   done, t0 = 0, time.time()
   for k in keep_values:
@@ -82,8 +86,6 @@ def tokenize_dataset(tokenizer, source, out_dir: str, keep_values, *, views: int
               f"K={k})", end="" if tty else "\n", file=sys.stderr, flush=True)
   if progress and jax.process_index() == 0 and sys.stderr.isatty():
     print(file=sys.stderr)
-  if not jobs:
-    raise ValueError(f"process {process_index} of {process_count} has no images to tokenize")
   arrays = {name: np.concatenate(parts) for name, parts in out.items()}
   codes_lib.write_shard(out_dir, process_index, process_count, **arrays)
   m = tokenizer.config.model

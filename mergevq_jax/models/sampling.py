@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,24 +62,44 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
 
 
 def sample(key: jax.Array, logits: jax.Array, params: SamplingParams) -> jax.Array:
-  """(B, V) float logits -> (B,) int32 token ids."""
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  scaled = logits / jnp.maximum(params.temperature, 1e-6)
-  # The filters sort the vocabulary: skip them (at run time, no recompile) when both are off.
-  filtering = (params.top_k > 0) | (params.top_p < 1)
-  scaled = jax.lax.cond(filtering, lambda x: filter_logits(x, params.top_k, params.top_p),
-                        lambda x: x, scaled)
-  return jnp.where(params.temperature > 0, inverse_cdf_draw(key, scaled), greedy)
+  """(B, V) float logits -> (B,) int32 token ids (argmax when temperature <= 0)."""
+  def draw(x):
+    x = x / jnp.maximum(params.temperature, 1e-6)
+    # The filters sort the vocabulary: skip them (at run time, no recompile) when both are off.
+    filtering = (params.top_k > 0) | (params.top_p < 1)
+    x = jax.lax.cond(filtering, lambda y: filter_logits(y, params.top_k, params.top_p),
+                     lambda y: y, x)
+    return inverse_cdf_draw(key, x)
+
+  greedy = lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32)
+  return jax.lax.cond(params.temperature > 0, draw, greedy, logits.astype(jnp.float32))
+
+
+def _block_size(vocab: int) -> int:
+  """Largest divisor of `vocab` not above sqrt(vocab) (64 for 4096; 1 for a prime)."""
+  return max(d for d in range(1, math.isqrt(vocab) + 1) if vocab % d == 0)
 
 
 def inverse_cdf_draw(key: jax.Array, logits: jax.Array) -> jax.Array:
-  """One draw per row from softmax(logits) (B, V): the first index whose cumulative
-  probability reaches u ~ U(0, 1). One uniform per row instead of the V Gumbel variates
-  of `jax.random.categorical`: ~9x cheaper on CPU for V = 4096, where sampling was a
-  fifth of a batch-1 decode step. Zero-probability (filtered) tokens are never drawn."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  cdf = jnp.cumsum(probs, axis=-1)
-  u = jax.random.uniform(key, (*logits.shape[:-1], 1), jnp.float32)
-  target = jnp.maximum(u * cdf[..., -1:], jnp.finfo(jnp.float32).tiny)
-  index = jnp.sum(cdf < target, axis=-1)
-  return jnp.minimum(index, logits.shape[-1] - 1).astype(jnp.int32)
+  """One draw per row from softmax(logits) (B, V) by inverting the CDF at u ~ U(0, 1),
+  in two levels: a block of the vocabulary by block mass, then a token inside it.
+
+  One uniform per row instead of the V Gumbel variates of `jax.random.categorical`, and
+  no V-long cumulative sum: ~9x (batch 1) and ~10x (batch 64) cheaper on CPU for
+  V = 4096, where sampling was a fifth of a decode step. Zero-probability (filtered)
+  tokens are never drawn.
+  """
+  rows, vocab = logits.shape
+  block = vocab // _block_size(vocab)          # tokens per block
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  weights = weights.reshape(rows, vocab // block, block)
+  mass = jnp.sum(weights, axis=-1)                                     # (B, blocks)
+  cdf = jnp.cumsum(mass, axis=-1)
+  u = jax.random.uniform(key, (rows, 1), jnp.float32)
+  target = jnp.maximum(u * cdf[:, -1:], jnp.finfo(jnp.float32).tiny)
+  b = jnp.minimum(jnp.sum(cdf < target, axis=-1), vocab // block - 1)[:, None]
+  row = jnp.take_along_axis(weights, b[:, :, None], axis=1)[:, 0]      # (B, block)
+  start = jnp.take_along_axis(cdf - mass, b, axis=1)
+  i = jnp.sum(start + jnp.cumsum(row, axis=-1) < target, axis=-1)
+  last_nonzero = block - 1 - jnp.argmax(row[:, ::-1] > 0, axis=-1)    # rounding guard
+  return (b[:, 0] * block + jnp.minimum(i, last_nonzero)).astype(jnp.int32)
