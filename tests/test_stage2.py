@@ -97,18 +97,16 @@ def final_state(workdir, cfg):
 
 
 def test_ar_training_learns_and_resumes_exactly(codes_dir, tmp_path):
-  cfg = ar_config(codes_dir, steps=40, lr=3e-3)
-  summary = ar_trainer.train(cfg, str(tmp_path / "long"))
-  assert summary["steps"] == 40 and summary["skipped_steps"] == 0
-  assert summary["loss_last_log"] < summary["loss_first_log"] - 1.0   # nats per position
-  last = json.loads((tmp_path / "long" / "metrics.jsonl").read_text().splitlines()[-1])
+  cfg = ar_config(codes_dir, steps=24, lr=3e-3)
+  straight = ar_trainer.train(cfg, str(tmp_path / "straight"))
+  assert straight["steps"] == 24 and straight["skipped_steps"] == 0
+  assert straight["loss_last_log"] < straight["loss_first_log"] - 1.0   # nats per position
+  last = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
   assert {"train/ce_0", "train/ce_1", "train/acc", "train/lr"} <= set(last)
   # Resume: 2N steps == N steps + restart + N steps (parameters, optimizer, EMA, data).
-  cfg = ar_config(codes_dir)
-  ar_trainer.train(cfg, str(tmp_path / "straight"))
-  ar_trainer.train(cfg, str(tmp_path / "split"), stop_at=3)
+  ar_trainer.train(cfg, str(tmp_path / "split"), stop_at=12)
   second = ar_trainer.train(cfg, str(tmp_path / "split"))
-  assert second["start_step"] == 3 and second["steps"] == 6
+  assert second["start_step"] == 12 and second["steps"] == 24
   a, b = final_state(str(tmp_path / "straight"), cfg), final_state(str(tmp_path / "split"), cfg)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
@@ -155,8 +153,3 @@ def test_sample_cli_writes_grid_and_stats(codes_dir, tokenizer_run, tmp_path):
   assert len(report["samples"]) == 4 and report["cfg"] == 2.0 and report["num_keep"] == 36
   for s in report["samples"]:
     assert 1 <= s["kept_slots_used"] <= 36 and s["distinct_codes"] >= s["kept_slots_used"]
-  bad = subprocess.run(
-      [sys.executable, "-m", "mergevq_jax.sample", f"--ar_workdir={tmp_path / 'ar'}",
-       "--classes=99", f"--out={tmp_path / 'bad.png'}"], cwd=ROOT, capture_output=True,
-      text=True, timeout=600)
-  assert bad.returncode == 2 and "class ids must be in [0, 16)" in bad.stderr
