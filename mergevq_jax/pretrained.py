@@ -45,7 +45,8 @@ def _tuples(tree):
   return tree
 
 
-def _restore(workdir, config, abstract_state, layout, field: str):
+def _restore(workdir, abstract_state, layout, field: str):
+  """`field` ('ema' or 'params') of the latest checkpoint, restored onto one device."""
   from mergevq_jax.train.checkpoint import Checkpointer
   mesh = sharding.make_mesh((-1, 1, 1))
   shardings = sharding.state_shardings(abstract_state, mesh, sharding.DEFAULT_RULES)
@@ -65,7 +66,7 @@ def load_tokenizer(workdir: str, use_ema: bool = True):
   config = load_config(workdir)
   if config.get("stage", "tokenizer") != "tokenizer":
     raise ValueError(f"{workdir!r} is a {config.stage} run, not a tokenizer run")
-  params, step = _restore(workdir, config, state_lib.abstract_state(config), LAYOUT_VERSION,
+  params, step = _restore(workdir, state_lib.abstract_state(config), LAYOUT_VERSION,
                           "ema" if use_ema else "params")
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: Tokenizer(config, rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, params), config, step
@@ -81,7 +82,7 @@ def load_mergear(workdir: str, use_ema: bool = True):
   if config.get("stage", "") != "mergear":
     raise ValueError(f"{workdir!r} is not a MergeAR run (config.stage={config.get('stage')!r})")
   field = "ema" if use_ema and config.train.ema_decay > 0 else "params"
-  params, step = _restore(workdir, config, ar_step.abstract_state(config),
+  params, step = _restore(workdir, ar_step.abstract_state(config),
                           MERGEAR_LAYOUT_VERSION, field)
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: MergeAR(config, rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, params), config, step

@@ -196,7 +196,9 @@ class Generator:
   def __call__(self, key, class_ids, num_keep: int, *, keep_cap: int | None = None,
                temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, guidance: bool | None = None
                ) -> tuple[jax.Array, DecodeStats]:
-    """codes (B, L) and per-sample stats. guidance defaults to cfg_scale != 1."""
+    """codes (B, L) and per-sample stats. `guidance` (static: whether null-class rows
+    run) defaults to cfg_scale != 1; pass guidance=True to sweep scales, 1 included,
+    without recompiling."""
     ids, keep_cap = self.check(class_ids, num_keep, keep_cap)
     params = SamplingParams.make(temperature, top_k, top_p, cfg_scale)
     guidance = bool(cfg_scale != 1.0) if guidance is None else guidance
