@@ -1,7 +1,6 @@
 """Shared by the benchmark scripts: timing, peak memory, one-case-per-subprocess, tables."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -10,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from mergevq_jax.config_base import load_config_file
 from mergevq_jax.host_memory import hugepage_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,10 +35,7 @@ def timed(fn, iters: int) -> tuple[float, float]:
 
 
 def load_config(name: str, platform: str | None = "cpu"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(platform)
+  return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), platform)
 
 
 def run_case(script: str, args: list[str]) -> dict:

@@ -9,22 +9,15 @@ LPIPS and the DINOv2 teacher are off unless weight files are given
 After the tokenizer, a tiny MergeAR trains on the photos' codes and writes samples.png
 (--config.stage2.mergear_config='' skips it).
 """
-import importlib.util
 import os
 
-from mergevq_jax.config_base import apply_platform, keep_candidates, keep_probs
+from mergevq_jax.config_base import apply_platform, keep_candidates, keep_probs, load_config_file
 
-
-def _tiny():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer_tiny.py")
-  spec = importlib.util.spec_from_file_location("tokenizer_tiny", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(platform="cpu"):
-  config = _tiny()
+  config = load_config_file(os.path.join(HERE, "tokenizer_tiny.py"))
   m = config.model
   m.variant = "demo"
   m.recovery.enabled = True
@@ -47,7 +40,6 @@ def get_config(platform="cpu"):
   config.data.crop_scale = (0.3, 1.0)
   # Then: tokenize the photos (center crop + 23 random crops each) and train a tiny MergeAR
   # on the codes, one class per photo; it writes samples.png.
-  config.stage2.mergear_config = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                              "mergear_tiny.py")
+  config.stage2.mergear_config = os.path.join(HERE, "mergear_tiny.py")
   config.stage2.views = 24
   return apply_platform(config, platform)

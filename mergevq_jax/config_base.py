@@ -7,6 +7,7 @@ work, with a ValueError naming the key, before anything is traced or compiled.
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 
@@ -35,6 +36,18 @@ def apply_platform(config: ml_collections.ConfigDict, platform: str | None
   config.model.attention_impl = preset["attention_impl"]
   config.sharding.mesh_shape = preset["mesh_shape"]
   return config
+
+
+def load_config_file(path: str, platform: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(platform)` of a config file given by path (configs/*.py)."""
+  import importlib.util
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} not found")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(platform)
 
 
 def keep_candidates(num_keep: int, count: int) -> tuple[int, ...]:

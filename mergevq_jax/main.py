@@ -30,20 +30,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "clusters; the launch scripts set this).")
 
 
-def load_config_file(path: str):
-  """get_config() of a config file given by path."""
-  import importlib.util
-  if not os.path.isfile(path):
-    raise ValueError(f"config file {path!r} not found")
-  spec = importlib.util.spec_from_file_location("stage2_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def run_stage2(config, workdir: str) -> dict:
   """Tokenize the tokenizer run's training images, then train MergeAR on the codes."""
   from mergevq_jax import pretrained
+  from mergevq_jax.config_base import load_config_file
   from mergevq_jax.data import sources
   from mergevq_jax.data.tokenize_images import default_keep_values, tokenize_dataset
   from mergevq_jax.train import ar_trainer

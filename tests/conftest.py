@@ -1,19 +1,17 @@
-import importlib.util
 import pathlib
 
 import jax
 import pytest
 from flax import nnx
 
+from mergevq_jax.config_base import load_config_file
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, platform=None):
   """get_config() of configs/<name>.py."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(platform)
+  return load_config_file(str(ROOT / "configs" / f"{name}.py"), platform)
 
 
 @pytest.fixture(scope="session")
