@@ -25,7 +25,8 @@ PLATFORMS = tuple(PLATFORM_PRESETS)
 
 def apply_platform(config: ml_collections.ConfigDict, platform: str | None
                    ) -> ml_collections.ConfigDict:
-  """Set the platform preset (`--config=configs/x.py:gpu`); None or '' keeps the config."""
+  """Set the platform preset (`--config=configs/x.py:gpu`); None or '' keeps the config.
+  Configs without model.attention_impl (MergeAR) take the dtype and mesh only."""
   if not platform:
     return config
   if platform not in PLATFORM_PRESETS:
@@ -33,7 +34,8 @@ def apply_platform(config: ml_collections.ConfigDict, platform: str | None
   preset = PLATFORM_PRESETS[platform]
   config.platform = platform
   config.dtype = preset["dtype"]
-  config.model.attention_impl = preset["attention_impl"]
+  if "attention_impl" in config.model:
+    config.model.attention_impl = preset["attention_impl"]
   config.sharding.mesh_shape = preset["mesh_shape"]
   return config
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mergevq_jax.config_base import PLATFORM_PRESETS, PLATFORMS, _diff_keys
+from mergevq_jax.config_base import _diff_keys
 from mergevq_jax.sharding import DEFAULT_RULES
 
 STAGE = "mergear"
@@ -83,19 +83,6 @@ def mergear_defaults() -> ml_collections.ConfigDict:
   sh.mesh_shape = (-1, 1, 1)
   sh.rules = DEFAULT_RULES
   return c
-
-
-def apply_platform(config: ml_collections.ConfigDict, platform: str | None
-                   ) -> ml_collections.ConfigDict:
-  """`--config=configs/mergear_l.py:gpu`: compute dtype and mesh of the platform preset."""
-  if not platform:
-    return config
-  if platform not in PLATFORM_PRESETS:
-    raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-  config.platform = platform
-  config.dtype = PLATFORM_PRESETS[platform]["dtype"]
-  config.sharding.mesh_shape = PLATFORM_PRESETS[platform]["mesh_shape"]
-  return config
 
 
 def is_mergear_config(config) -> bool:

@@ -161,6 +161,14 @@ def shard_batch(x: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   return jax.tree.map(put, x)
 
 
+def init_state(init_fn, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[Any, Any]:
+  """Run init_fn () -> pytree (a train state) jitted, its output placed by
+  `state_shardings`. Returns (state, shardings)."""
+  shardings = state_shardings(jax.eval_shape(init_fn), mesh, rules)
+  with use_mesh(mesh, rules):
+    return jax.jit(init_fn, out_shardings=shardings)(), shardings
+
+
 def init_sharded(make_module, mesh: Mesh, rules=DEFAULT_RULES) -> tuple[nnx.GraphDef, Any]:
   """Create a module's state directly in its sharded layout (never whole on one device).
 

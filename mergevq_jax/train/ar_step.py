@@ -65,10 +65,8 @@ def abstract_state(config) -> ARTrainState:
 
 
 def create_state(config, mesh, rules) -> tuple[ARTrainState, Any]:
-  shardings = sharding.state_shardings(abstract_state(config), mesh, rules)
-  with sharding.use_mesh(mesh, rules):
-    state = jax.jit(lambda: _init(config), out_shardings=shardings)()
-  return state, shardings
+  """Initialise the MergeAR train state sharded on `mesh`. Returns (state, shardings)."""
+  return sharding.init_state(lambda: _init(config), mesh, rules)
 
 
 def graphdef(config) -> nnx.GraphDef:

@@ -81,7 +81,4 @@ def abstract_state(config) -> TrainState:
 
 def create_state(config, mesh, rules) -> tuple[TrainState, Any]:
   """Initialise the train state sharded on `mesh`. Returns (state, its shardings)."""
-  shardings = sharding.state_shardings(abstract_state(config), mesh, rules)
-  with sharding.use_mesh(mesh, rules):
-    state = jax.jit(lambda: _init(config), out_shardings=shardings)()
-  return state, shardings
+  return sharding.init_state(lambda: _init(config), mesh, rules)
