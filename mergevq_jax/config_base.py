@@ -198,17 +198,26 @@ def num_tokens(m, image_size: int | None = None) -> int:
   return side * side
 
 
-def validate_config(config) -> None:
-  """ValueError naming the first problem; returns None if the config is usable."""
-  unknown = _diff_keys(config, tokenizer_defaults())
+def validate_common(config, defaults: ml_collections.ConfigDict, schema: str) -> None:
+  """Checks every config kind shares: no key outside `defaults` (named by `schema`, e.g.
+  'mergevq_jax/config_base.py:tokenizer_defaults'), platform, dtype, mesh shape."""
+  unknown = _diff_keys(config, defaults)
   if unknown:
-    raise ValueError(f"config key(s) {unknown} do not exist; see "
-                     f"mergevq_jax/config_base.py:tokenizer_defaults for the schema")
-  m = config.model
+    raise ValueError(f"config key(s) {unknown} do not exist; see {schema} for the schema")
   if config.platform not in PLATFORMS:
     raise ValueError(f"config.platform must be one of {PLATFORMS}, got {config.platform!r}")
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+  if len(config.sharding.mesh_shape) != 3:
+    raise ValueError(f"sharding.mesh_shape needs 3 entries (data, fsdp, tensor), "
+                     f"got {config.sharding.mesh_shape}")
+
+
+def validate_config(config) -> None:
+  """ValueError naming the first problem; returns None if the config is usable."""
+  validate_common(config, tokenizer_defaults(),
+                  "mergevq_jax/config_base.py:tokenizer_defaults")
+  m = config.model
   if m.encoder_type not in ("cnn", "vit"):
     raise ValueError(f"model.encoder_type must be 'cnn' or 'vit', got {m.encoder_type!r}")
   f = downsample_factor(m)
@@ -238,6 +247,3 @@ def validate_config(config) -> None:
   if config.quantizer.entropy_mode not in ("exact", "bit_groups"):
     raise ValueError(f"quantizer.entropy_mode must be 'exact' or 'bit_groups', "
                      f"got {config.quantizer.entropy_mode!r}")
-  if len(config.sharding.mesh_shape) != 3:
-    raise ValueError(f"sharding.mesh_shape needs 3 entries (data, fsdp, tensor), "
-                     f"got {config.sharding.mesh_shape}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mergevq_jax.config_base import _diff_keys
+from mergevq_jax.config_base import validate_common
 from mergevq_jax.sharding import DEFAULT_RULES
 
 STAGE = "mergear"
@@ -95,13 +95,8 @@ def num_positions(m) -> int:
 
 def validate_mergear_config(config) -> None:
   """ValueError naming the first problem; None if the config is usable."""
-  unknown = _diff_keys(config, mergear_defaults())
-  if unknown:
-    raise ValueError(f"config key(s) {unknown} do not exist; see "
-                     f"mergevq_jax/config_mergear.py:mergear_defaults for the schema")
+  validate_common(config, mergear_defaults(), "mergevq_jax/config_mergear.py:mergear_defaults")
   m = config.model
-  if config.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
   if m.width % m.num_heads:
     raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
   if (m.width // m.num_heads) % 4:
@@ -125,6 +120,3 @@ def validate_mergear_config(config) -> None:
     raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
   if not 0 <= t.class_dropout < 1:
     raise ValueError(f"train.class_dropout must be in [0, 1), got {t.class_dropout}")
-  if len(config.sharding.mesh_shape) != 3:
-    raise ValueError(f"sharding.mesh_shape needs 3 entries (data, fsdp, tensor), "
-                     f"got {config.sharding.mesh_shape}")
