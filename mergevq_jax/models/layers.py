@@ -101,9 +101,14 @@ def _depthwise_fwd(x, kernel):
 
 def _depthwise_bwd(residuals, dy):
   x, kernel = residuals
-  dy = jax.lax.optimization_barrier(dy)   # materialise once, read k*k times
+  k = kernel.shape[0]
+  dy = jax.lax.optimization_barrier(dy)   # materialise once, read 2 k*k times
+  dy_taps = _taps(dy, k)
   dx = _shifted_sum(dy, kernel[::-1, ::-1])
-  dk = jnp.stack([jnp.sum(tap * dy, axis=(0, 1, 2)) for tap in _taps(x, kernel.shape[0])])
+  # dk[i, j] = sum pad(x)[i:, j:] * dy = sum x * pad(dy)[k-1-i:, k-1-j:] (odd k). The
+  # shifted copies are taken of dy, not x: copies of x would depend on forward values
+  # only, and XLA:CPU computes them in the forward pass and keeps them until here.
+  dk = jnp.stack([jnp.sum(x * tap, axis=(0, 1, 2)) for tap in dy_taps[::-1]])
   return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
