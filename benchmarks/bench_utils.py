@@ -10,7 +10,7 @@ import sys
 import time
 
 from mergevq_jax.config_base import load_config_file
-from mergevq_jax.host_memory import hugepage_env
+from mergevq_jax.host_memory import malloc_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,7 @@ def load_config(name: str, platform: str | None = "cpu"):
 def run_case(script: str, args: list[str]) -> dict:
   """Run `script --case *args` in a fresh process; its last stdout line is JSON."""
   out = subprocess.run([sys.executable, script, "--case", *args], capture_output=True, text=True,
-                       env=hugepage_env())
+                       env=malloc_env())
   if out.returncode:
     tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"case": " ".join(args), "error": tail[-300:]}
@@ -65,4 +65,4 @@ def header() -> str:
   import jax
   return (f"# {platform.node()} | {os.cpu_count()} CPUs | jax {jax.__version__} | "
           f"backend {jax.default_backend()} | {jax.devices()[0].device_kind} | cases run with "
-          f"GLIBC_TUNABLES={hugepage_env().get('GLIBC_TUNABLES', '(unset)')}")
+          f"GLIBC_TUNABLES={malloc_env().get('GLIBC_TUNABLES', '(unset)')}")

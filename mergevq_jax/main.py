@@ -85,5 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_hugepages()
+  host_memory.reexec_with_malloc_tunables()
   cli.run(main)

@@ -1,5 +1,4 @@
 """LFQ: codes, straight-through gradients, exact factorised entropies vs brute force."""
-import itertools
 import math
 
 import jax

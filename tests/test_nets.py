@@ -43,7 +43,7 @@ def _save(torch, state, path):
 
 def _torch_lpips(torch):
   """torchvision-style VGG16 `features` + lpips v0.1 linear layers, in plain torch.nn."""
-  nn, F = torch.nn, torch.nn.functional
+  nn = torch.nn
   cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
   class LinLayer(nn.Module):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mergevq_jax import host_memory
 from mergevq_jax.models.recovery import source_bce
 from mergevq_jax.train import losses
 from mergevq_jax.train.state import Graphs, TrainState, lr_schedule, optimizer
@@ -151,3 +152,27 @@ def jit_train_step(step_fn, state_shardings, batch_sharding, frozen_shardings, m
   return jax.jit(step_fn, static_argnums=(3,), donate_argnums=(0,),
                  in_shardings=(state_shardings, batch_sharding, frozen_shardings),
                  out_shardings=(state_shardings, replicated))
+
+
+class StepPerK:
+  """A jitted step compiled ahead of time once per K, called as fn(state, batch, frozen, K).
+
+  After each compilation the host memory XLA's compiler freed (~2 GB for G+R) is given
+  back to the OS before the step first allocates its own buffers (`host_memory`), so the
+  process peak is not compiler scratch plus step buffers.
+  """
+
+  def __init__(self, jitted):
+    self.jitted = jitted
+    self.compiled = {}
+
+  def __call__(self, state, batch, frozen, num_keep: int):
+    fn = self.compiled.get(num_keep)
+    if fn is None:
+      fn = self.compiled[num_keep] = self.jitted.lower(state, batch, frozen, num_keep).compile()
+      host_memory.release_free_memory()
+    return fn(state, batch, frozen)
+
+  @property
+  def num_compiled(self) -> int:
+    return len(self.compiled)

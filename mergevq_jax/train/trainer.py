@@ -19,14 +19,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from mergevq_jax import config_base, sharding
+from mergevq_jax import config_base, host_memory, sharding
 from mergevq_jax.models import lfq
 from mergevq_jax.pretrained import save_config
 from mergevq_jax.train import losses
 from mergevq_jax.train.checkpoint import Checkpointer
 from mergevq_jax.train.logger import Logger, image_grid, to_uint8
 from mergevq_jax.train.state import abstract_state, create_state, graphs as make_graphs
-from mergevq_jax.train.step import Frozen, jit_train_step, make_train_step
+from mergevq_jax.train.step import Frozen, StepPerK, jit_train_step, make_train_step
 
 
 def check_train_config(config, mesh) -> None:
@@ -145,8 +145,9 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
   batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
   frozen_shardings = sharding.state_shardings(frozen, mesh, rules)
   frozen = jax.device_put(frozen, frozen_shardings)
-  step_fn = jit_train_step(make_train_step(config, graphs, frozen_graphs), shardings,
-                           batch_sharding, frozen_shardings, mesh)
+  step_fn = StepPerK(jit_train_step(make_train_step(config, graphs, frozen_graphs), shardings,
+                                    batch_sharding, frozen_shardings, mesh))
+  host_memory.release_free_memory()  # initialisation / restore scratch
   tok_graph = graphs.tokenizer
 
   recon_fn = jax.jit(lambda p, x, num_keep: nnx.merge(tok_graph, p).reconstruct(x, num_keep),
@@ -198,7 +199,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
       if step % t.log_every == 0 or step == t.steps:
         host = jax.device_get(metrics)
         logger.scalars(step, {f"train/{k}": v for k, v in host.items()} | {
-            "train/num_keep": num_keep, "train/compiled_k": step_fn._cache_size()})
+            "train/num_keep": num_keep, "train/compiled_k": step_fn.num_compiled})
         if bar is not None:
           bar.set_postfix(loss=f"{host['g_total']:.3f}", psnr=f"{host['psnr']:.2f}", K=num_keep)
         nonfinite = int(state.nonfinite)
@@ -231,7 +232,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
       "codes_seen": last_eval["codes_seen"] if last_eval else None,
       "perplexity": last_eval["perplexity"] if last_eval else None,
       "num_keep_values": sorted(keeps_used),
-      "compiled_steps": step_fn._cache_size(),
+      "compiled_steps": step_fn.num_compiled,
       "skipped_steps": int(state.skipped),
       "preempted": preempt.requested,
       "seconds": round(time.time() - t0, 1),
