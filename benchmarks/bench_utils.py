@@ -38,10 +38,11 @@ def load_config(name: str, platform: str | None = "cpu"):
   return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), platform)
 
 
-def run_case(script: str, args: list[str]) -> dict:
-  """Run `script --case *args` in a fresh process; its last stdout line is JSON."""
+def run_case(script: str, args: list[str], large_step: bool = False) -> dict:
+  """Run `script --case *args` in a fresh process with the malloc tunables the trainer
+  would use (`large_step`: see `host_memory`); its last stdout line is JSON."""
   out = subprocess.run([sys.executable, script, "--case", *args], capture_output=True, text=True,
-                       env=malloc_env())
+                       env=malloc_env(large=large_step))
   if out.returncode:
     tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"case": " ".join(args), "error": tail[-300:]}
@@ -65,4 +66,5 @@ def header() -> str:
   import jax
   return (f"# {platform.node()} | {os.cpu_count()} CPUs | jax {jax.__version__} | "
           f"backend {jax.default_backend()} | {jax.devices()[0].device_kind} | cases run with "
-          f"GLIBC_TUNABLES={malloc_env().get('GLIBC_TUNABLES', '(unset)')}")
+          f"GLIBC_TUNABLES={malloc_env().get('GLIBC_TUNABLES', '(unset)')} "
+          f"(large steps: {malloc_env(large=True).get('GLIBC_TUNABLES', '(unset)')})")

@@ -62,12 +62,14 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     raise ValueError("--config=configs/<name>.py and --workdir=DIR are required")
+  from mergevq_jax.config_mergear import is_mergear_config
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  host_memory.reexec_with_malloc_tunables(large=not is_mergear_config(config) and (
+      host_memory.large_step(config.model.image_size, config.train.batch_size)))
   if not flags.FLAGS["verbosity"].present:  # orbax and grain are chatty at INFO
     logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from mergevq_jax.config_mergear import is_mergear_config
-  config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   if is_mergear_config(config):
     from mergevq_jax.train.ar_trainer import train
@@ -85,5 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_malloc_tunables()
   cli.run(main)

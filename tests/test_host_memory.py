@@ -11,23 +11,27 @@ from mergevq_jax import host_memory
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or sys.platform != "linux",
                            reason="glibc tunables")
-ALL = ":".join(f"{k}={v}" for k, v in host_memory.TUNABLES.items())
+ALL = ":".join(f"{k}={v}" for k, v in {**host_memory.TUNABLES, **host_memory.ONE_HEAP}.items())
 
 
 @glibc
 def test_malloc_env_adds_the_tunables_once_and_keeps_the_users():
-  env = host_memory.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+  small = host_memory.malloc_env({})
+  assert small["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+  env = host_memory.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, large=True)
   items = env["GLIBC_TUNABLES"].split(":")
   assert items[0] == "glibc.malloc.arena_max=2"             # the user's value wins
-  assert sorted(i.split("=")[0] for i in items) == sorted(host_memory.TUNABLES)
-  assert host_memory.malloc_env(env) == env
+  assert sorted(i.split("=")[0] for i in items) == sorted(
+      {**host_memory.TUNABLES, **host_memory.ONE_HEAP})
+  assert host_memory.malloc_env(env, large=True) == env
+  assert host_memory.large_step(256, 4) and not host_memory.large_step(64, 8)
   assert "GLIBC_TUNABLES" not in host_memory.malloc_env({host_memory.OPT_OUT: "0"})
 
 
 @glibc
 def test_reexec_restarts_with_the_tunables_and_the_same_arguments():
   code = ("import os, sys; from mergevq_jax import host_memory; "
-          "host_memory.reexec_with_malloc_tunables(); "
+          "host_memory.reexec_with_malloc_tunables(large=True); "
           "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
   out = subprocess.run([sys.executable, "-c", code, "a", "--b=1"], env=env, check=True,
@@ -51,7 +55,7 @@ def test_release_free_memory_returns_freed_heap_pages_under_the_tunables():
           "a = t._rss_mb(); host_memory.release_free_memory(); print(a - t._rss_mb())"
           % os.path.dirname(__file__))
   env = host_memory.malloc_env({k: v for k, v in os.environ.items()
-                                if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)})
+                                if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}, large=True)
   out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
                        text=True).stdout
   assert float(out) > 200, out
