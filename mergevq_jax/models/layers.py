@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mergevq_jax.models.attention import softmax_attention
 from mergevq_jax.models.conv import conv_general_dilated
 from mergevq_jax.models.group_norm import group_norm_apply
 from mergevq_jax.models.norm_silu_conv import norm_silu_conv
@@ -225,10 +224,7 @@ class Attention(nnx.Module):
     bias = None if key_bias is None else key_bias.astype(q.dtype)
     if bias is not None and self.implementation == "cudnn":  # cuDNN wants (B, 1, T, S)
       bias = jnp.broadcast_to(bias, (bias.shape[0], 1, q.shape[1], bias.shape[-1]))
-    if self.implementation in (None, "xla"):
-      o = softmax_attention(q, k, v, bias)
-    else:
-      o = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.implementation)
+    o = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.implementation)
     return self.out(o), jnp.mean(k, axis=2)
 
 
