@@ -80,13 +80,17 @@ def _taps(x: jax.Array, k: int) -> list[jax.Array]:
   return [padded[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
 
 
-def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """sum_ij pad(x)[:, i:i+H, j:j+W] * kernel[i, j, 0]: x (B, H, W, C), kernel (k, k, 1, C)."""
-  weights = kernel.reshape(-1, kernel.shape[-1])
-  out = jnp.zeros_like(x)
-  for tap, weight in zip(_taps(x, kernel.shape[0]), weights):
+def _weighted_sum(taps: list[jax.Array], kernel: jax.Array) -> jax.Array:
+  """sum_ij taps[i*k + j] * kernel[i, j, 0]; kernel (k, k, 1, C)."""
+  out = jnp.zeros_like(taps[0])
+  for tap, weight in zip(taps, kernel.reshape(-1, kernel.shape[-1])):
     out = out + tap * weight
   return out
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """sum_ij pad(x)[:, i:i+H, j:j+W] * kernel[i, j, 0]: x (B, H, W, C), kernel (k, k, 1, C)."""
+  return _weighted_sum(_taps(x, kernel.shape[0]), kernel)
 
 
 @jax.custom_vjp
@@ -108,7 +112,7 @@ def _depthwise_bwd(residuals, dy):
   k = kernel.shape[0]
   dy = jax.lax.optimization_barrier(dy)   # materialise once, read 2 k*k times
   dy_taps = _taps(dy, k)
-  dx = _shifted_sum(dy, kernel[::-1, ::-1])
+  dx = _weighted_sum(dy_taps, kernel[::-1, ::-1])
   # dk[i, j] = sum pad(x)[i:, j:] * dy = sum x * pad(dy)[k-1-i:, k-1-j:] (odd k). The
   # shifted copies are taken of dy, not x: copies of x would depend on forward values
   # only, and XLA:CPU computes them in the forward pass and keeps them until here.
