@@ -91,9 +91,13 @@ def test_depthwise_conv_equals_grouped_conv():
     ((1, 9, 7, 5), 3, 1, "VALID"),
     ((2, 8, 8, 4), 1, 1, "SAME"),                 # 1x1: falls back to lax
 ])
-def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, monkeypatch):
-  """The banded kernel gradient equals XLA's, over several bands (small BAND_BYTES)."""
+@pytest.mark.parametrize("dy_major", [True, False])
+def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, dy_major,
+                                         monkeypatch):
+  """The banded kernel gradient equals XLA's, over several bands (small BAND_BYTES), with
+  either operand order of the band's matmul."""
   monkeypatch.setattr(conv_lib, "BAND_BYTES", 4 * shape[0] * shape[2] * kernel ** 2 * shape[3])
+  monkeypatch.setattr(conv_lib, "DY_MAJOR_MAX_COUT", 1 << 30 if dy_major else 0)
   x = jax.random.normal(jax.random.key(0), shape)
   k = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], 7))
   dn = ("NHWC", "HWIO", "NHWC")
