@@ -89,7 +89,8 @@ def test_depthwise_conv_equals_grouped_conv():
     ((2, 13, 9, 3), 3, 2, ((1, 1), (1, 1))),      # encoder downsampling, odd size
     ((2, 12, 12, 6), 4, 2, ((1, 1), (1, 1))),     # PatchGAN
     ((1, 9, 7, 5), 3, 1, "VALID"),
-    ((2, 8, 8, 4), 1, 1, "SAME"),                 # 1x1: falls back to lax
+    ((2, 8, 8, 4), 1, 1, "SAME"),                 # 1x1: one matmul
+    ((2, 9, 8, 4), 1, 2, ((0, 1), (1, 0))),       # 1x1, strided and padded: bands
 ])
 @pytest.mark.parametrize("dy_major", [True, False])
 def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, dy_major,

@@ -10,13 +10,15 @@ rows: each band's input patches (B, rows, W_out, kh*kw, C_in) are small enough t
 cache and are contracted with the band's output gradient in one matmul (~195 GFLOP/s
 for 3x3, 64 -> 64 at 256 x 256, batch 4).
 
-The custom path is taken only on the CPU backend, for plain NHWC/HWIO convs with a kernel
-larger than 1 x 1 (no dilation, no feature groups); everything else is `lax`'s own conv.
+A 1 x 1 conv's kernel gradient (stride 1, no padding) is one matmul over the whole map;
+XLA's own took 24 ms for 64 -> 128 channels at 64 x 64 (batch 4), the matmul ~1 ms.
+
+The custom path is taken only on the CPU backend, for plain NHWC/HWIO convs (no dilation,
+no feature groups); everything else is `lax`'s own conv.
 """
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, **kwargs):
   """Same signature and result as `lax.conv_general_dilated`; see the module docstring."""
   plain = (jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
-           and _is_nhwc(dimension_numbers, lhs.ndim) and math.prod(rhs.shape[:2]) > 1
+           and _is_nhwc(dimension_numbers, lhs.ndim)
            and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
            and kwargs.get("preferred_element_type") is None
            and kwargs.get("out_sharding") is None)
@@ -104,6 +106,10 @@ def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
   XLA's conv kernel gradient up to float32 summation order.
   """
   kh, kw, cin, cout = kernel_shape
+  if (kh, kw, *strides) == (1, 1, 1, 1) and not any(p for pair in pads for p in pair):
+    xf = x if band_fn is None else band_fn(x)
+    return jnp.einsum("bhwc,bhwd->cd", xf, dy, precision=precision,
+                      preferred_element_type=jnp.float32).reshape(kernel_shape)
   sh, sw = strides
   b, out_h, out_w, _ = dy.shape
   (top, _), (left, right) = pads
