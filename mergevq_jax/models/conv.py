@@ -10,8 +10,9 @@ rows: each band's input patches (B, rows, W_out, kh*kw, C_in) are small enough t
 cache and are contracted with the band's output gradient in one matmul (~195 GFLOP/s
 for 3x3, 64 -> 64 at 256 x 256, batch 4).
 
-A 1 x 1 conv's kernel gradient (stride 1, no padding) is one matmul over the whole map;
-XLA's own took 24 ms for 64 -> 128 channels at 64 x 64 (batch 4), the matmul ~1 ms.
+A 1 x 1 conv's kernel gradient (stride 1, no padding) is one matmul over the whole map:
+for 64 -> 128 channels at 64 x 64, batch 4, 2.1 ms against XLA's 6.3 ms in isolation
+(24 ms inside the G+R training step).
 
 The custom path is taken only on the CPU backend, for plain NHWC/HWIO convs (no dilation,
 no feature groups); everything else is `lax`'s own conv.
@@ -134,12 +135,10 @@ def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
     ds = lax.dynamic_slice_in_dim(dy, i * rows, rows, axis=1)
     patches = jnp.stack([xs[:, a:a + (rows - 1) * sh + 1:sh, c:c + (out_w - 1) * sw + 1:sw]
                          for a in range(kh) for c in range(kw)], axis=3)
-    if dy_major:
-      acc = acc + jnp.einsum("bhwd,bhwkc->dkc", ds, patches, precision=precision,
-                             preferred_element_type=jnp.float32)
-    else:
-      acc = acc + jnp.einsum("bhwkc,bhwd->kcd", patches, ds, precision=precision,
-                             preferred_element_type=jnp.float32)
+    spec, operands = (("bhwd,bhwkc->dkc", (ds, patches)) if dy_major
+                      else ("bhwkc,bhwd->kcd", (patches, ds)))
+    acc = acc + jnp.einsum(spec, *operands, precision=precision,
+                           preferred_element_type=jnp.float32)
     return acc, None
 
   acc_shape = (cout, kh * kw, cin) if dy_major else (kh * kw, cin, cout)
