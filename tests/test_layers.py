@@ -110,10 +110,13 @@ def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, dy_majo
 
 
 @pytest.mark.parametrize("offset", [0.0, 30.0])
-def test_norm_silu_conv_equals_the_composed_layers(offset, monkeypatch):
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_norm_silu_conv_equals_the_composed_layers(offset, backend, monkeypatch):
   """conv(silu(GN(x))) with the norm recomputed in the backward pass (several bands)
-  equals the same layers differentiated one by one."""
+  equals the same layers differentiated one by one. "gpu" runs, on this CPU, the branch
+  that GPU and TPU backends take (the activation recomputed whole, XLA's kernel gradient)."""
   monkeypatch.setattr(conv_lib, "BAND_BYTES", 3 * 2 * 9 * 9 * 64 * 4)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
   x = offset + 2.0 * jax.random.normal(jax.random.key(0), (2, 10, 9, 64))
   scale = 1.0 + 0.3 * jax.random.normal(jax.random.key(1), (64,))
   bias = jax.random.normal(jax.random.key(2), (64,))
