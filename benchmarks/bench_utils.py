@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from mergevq_jax.config_base import load_config_file
+from mergevq_jax.config import load_config_file
 from mergevq_jax.host_memory import malloc_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -41,7 +41,7 @@ def build_config(a):
   --width/--layers/--heads on top; L = 16x16, sub-codes (6, 12), 1000 classes, and K = --keep
   added to the merge instructions if the config lacks it."""
   import jax
-  from mergevq_jax.config_mergear import llama_ffn_dim, mergear_defaults
+  from mergevq_jax.config.mergear import llama_ffn_dim, mergear_defaults
 
   path, _, platform = (a.config or "").partition(":")
   if a.config:
@@ -75,12 +75,12 @@ def make_loop_fns(graphdef, layout):
 
   import jax
   from flax import nnx
-  from mergevq_jax.models import mergear_decode as md
+  from mergevq_jax.models.ar import decode as md
 
   @jax.jit
   def start(state, class_ids, keep_index):
     model = nnx.merge(graphdef, state)
-    layers = md.unstack_layers(model)
+    layers = model.layer_params()
     h, cache = md.prefill(model, layers, layout, class_ids, keep_index)
     return layers, h, cache
 
@@ -104,11 +104,11 @@ def case_decode(variant: str, batch: int, a) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-  from mergevq_jax.models import kv_cache
-  from mergevq_jax.models import mergear_decode as md
-  from mergevq_jax.models.kv_cache import CacheLayout
-  from mergevq_jax.models.mergear import PREFIX, MergeAR
-  from mergevq_jax.models.sampling import SamplingParams
+  from mergevq_jax.models.ar import kv_cache
+  from mergevq_jax.models.ar import decode as md
+  from mergevq_jax.models.ar.kv_cache import CacheLayout
+  from mergevq_jax.models.ar.mergear import PREFIX, MergeAR
+  from mergevq_jax.models.ar.sampling import SamplingParams
 
   cfg = build_config(a)
   m = cfg.model

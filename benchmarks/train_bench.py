@@ -40,8 +40,8 @@ def case_step(name: str, iters: int) -> dict:
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from mergevq_jax import sharding
-  from mergevq_jax.train.state import create_state, graphs
-  from mergevq_jax.train.step import Frozen, jit_train_step, make_train_step
+  from mergevq_jax.train.tokenizer_state import create_state, graphs
+  from mergevq_jax.train.tokenizer_step import Frozen, jit_train_step, make_train_step
 
   config_name, batch, use_disc, use_recovery = CASES[name]
   cfg = load_config(config_name, None if config_name == "demo_cpu" else "cpu")

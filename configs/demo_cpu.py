@@ -11,7 +11,7 @@ After the tokenizer, a tiny MergeAR trains on the photos' codes and writes sampl
 """
 import os
 
-from mergevq_jax.config_base import apply_platform, keep_candidates, keep_probs, load_config_file
+from mergevq_jax.config import apply_platform, keep_candidates, keep_probs, load_config_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

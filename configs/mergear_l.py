@@ -5,8 +5,8 @@
   python -m mergevq_jax.main --config=configs/mergear_l.py:tpu --workdir=DIR \
       --config.data.codes_dir=CODES
 """
-from mergevq_jax.config_base import apply_platform
-from mergevq_jax.config_mergear import llama_ffn_dim, mergear_defaults
+from mergevq_jax.config import apply_platform
+from mergevq_jax.config.mergear import llama_ffn_dim, mergear_defaults
 
 
 def get_config(platform=None):

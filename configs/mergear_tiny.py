@@ -1,8 +1,8 @@
 """Tiny MergeAR for CPU tests and the demo: 4 layers x 128, 4 heads, on the 8x8 code grid
 of configs/tokenizer_tiny.py / demo_cpu.py (merge instructions 25, 36, 49, 64).
 Trains in about 3.5 minutes on 2 CPU cores (0.25 s per step)."""
-from mergevq_jax.config_base import apply_platform
-from mergevq_jax.config_mergear import mergear_defaults
+from mergevq_jax.config import apply_platform
+from mergevq_jax.config.mergear import mergear_defaults
 
 
 def get_config(platform=None):

@@ -1,6 +1,6 @@
 """Small G+R-shaped tokenizer from the reference code ("d32"): ch 32 x (2,2,4,8,12),
 transformer 384 wide with 6 heads, /16 -> L=256, K=144."""
-from mergevq_jax.config_base import apply_platform, tokenizer_defaults
+from mergevq_jax.config import apply_platform, tokenizer_defaults
 
 
 def get_config(platform=None):

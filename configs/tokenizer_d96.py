@@ -1,6 +1,6 @@
 """Large G+R-shaped tokenizer from the reference code ("d96"): ch 96 x (1,1,2,4,8),
 transformer 768 wide with 12 heads, /16 -> L=256, K=144."""
-from mergevq_jax.config_base import apply_platform, tokenizer_defaults
+from mergevq_jax.config import apply_platform, tokenizer_defaults
 
 
 def get_config(platform=None):

@@ -1,6 +1,6 @@
 """MergeVQ G tokenizer (generation-oriented): CNN ch 64 x (1,2,4,8), /8 -> L=1024, K=256.
 Paper Table A1: encoder 62.3M, decoder 82.8M; alignment weight 0.1, head 512->2048->LN->768."""
-from mergevq_jax.config_base import apply_platform, tokenizer_defaults, keep_candidates, keep_probs
+from mergevq_jax.config import apply_platform, keep_candidates, keep_probs, tokenizer_defaults
 
 
 def get_config(platform=None):

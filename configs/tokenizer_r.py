@@ -1,7 +1,7 @@
 """MergeVQ R tokenizer (representation-oriented): plain ViT-B/16 encoder (768 wide, 12 heads),
 L=256, K=36 (paper; the reference code trains around 64). Decoder as G+R.
 Paper Table A1: encoder 86.6M, decoder 83.4M."""
-from mergevq_jax.config_base import apply_platform, tokenizer_defaults, keep_candidates, keep_probs
+from mergevq_jax.config import apply_platform, keep_candidates, keep_probs, tokenizer_defaults
 
 
 def get_config(platform=None):

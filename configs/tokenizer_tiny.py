@@ -1,6 +1,6 @@
 """Tiny G+R-shaped tokenizer for CPU tests and demos: 64x64 images, CNN ch 32 x (1,1,2,2),
 /8 -> L=64, 4 ToMe blocks 64 wide, K=36 of 64. Runs in seconds on 2 CPU cores."""
-from mergevq_jax.config_base import apply_platform, tokenizer_defaults, keep_candidates, keep_probs
+from mergevq_jax.config import apply_platform, keep_candidates, keep_probs, tokenizer_defaults
 
 
 def get_config(platform=None):

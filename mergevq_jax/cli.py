@@ -12,7 +12,8 @@ def _parse_flags(argv):
   except (AttributeError, KeyError) as e:  # ml_collections: override of a missing key
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     print(f"error: config key {str(e).strip(chr(34))} does not exist (overrides given: "
-          f"{overrides}); the keys are in mergevq_jax/config_base.py:tokenizer_defaults",
+          f"{overrides}); the keys are in mergevq_jax/config/<stage>.py (tokenizer_defaults, "
+          f"mergear_defaults)",
           file=sys.stderr)
     sys.exit(2)
   except (TypeError, ValueError, flags.Error) as e:

@@ -73,8 +73,8 @@ def tokenizer_info(config, with_flops: bool = True) -> dict:
 
 def mergear_info(config) -> dict:
   """Parameter counts of a MergeAR config and its KV-cache sizes (slots per sample)."""
-  from mergevq_jax.models.kv_cache import CacheLayout
-  from mergevq_jax.models.mergear import PREFIX, MergeAR
+  from mergevq_jax.models.ar.kv_cache import CacheLayout
+  from mergevq_jax.models.ar.mergear import PREFIX, MergeAR
   model = nnx.eval_shape(lambda: MergeAR(config, rngs=nnx.Rngs(0)))
   m = config.model
   params = nnx.state(model, nnx.Param)
@@ -96,11 +96,13 @@ def main(argv):
   del argv
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/<name>.py is required")
-  from mergevq_jax.config_mergear import is_mergear_config
-  if is_mergear_config(_CONFIG.value):
-    print(json.dumps(mergear_info(_CONFIG.value)))
+  from mergevq_jax import config as config_lib
+  config = _CONFIG.value
+  config_lib.validate(config)
+  if config_lib.stage_of(config) == "mergear":
+    print(json.dumps(mergear_info(config)))
   else:
-    print(json.dumps(tokenizer_info(_CONFIG.value, _FLOPS.value)))
+    print(json.dumps(tokenizer_info(config, _FLOPS.value)))
 
 
 if __name__ == "__main__":

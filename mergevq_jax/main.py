@@ -6,12 +6,13 @@
   python -m mergevq_jax.main --config=configs/mergear_l.py:tpu --workdir=... \
       --config.data.codes_dir=CODES          # codes from `python -m mergevq_jax.tokenize`
 
-The config decides the stage (MergeAR configs have stage='mergear'). Resumes from the
-latest checkpoint in --workdir. A tokenizer config with stage2.mergear_config set (the
+The config's `stage` key decides what is trained ('tokenizer' or 'mergear'). Resumes
+from the latest checkpoint in --workdir. A tokenizer config with stage2.mergear_config set (the
 demo) also tokenizes its training images and trains that MergeAR on them.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -25,6 +26,10 @@ from mergevq_jax import cli, host_memory
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, images).")
+# stage (config.stage) -> module whose train(config, workdir) runs it
+TRAINERS = {"tokenizer": "mergevq_jax.train.tokenizer_trainer",
+            "mergear": "mergevq_jax.train.ar_trainer"}
+
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host TPU pods / GPU "
     "clusters; the launch scripts set this).")
@@ -33,7 +38,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 def run_stage2(config, workdir: str) -> dict:
   """Tokenize the tokenizer run's training images, then train MergeAR on the codes."""
   from mergevq_jax import pretrained
-  from mergevq_jax.config_base import load_config_file
+  from mergevq_jax.config import load_config_file
   from mergevq_jax.data import sources
   from mergevq_jax.data.tokenize_images import default_keep_values, tokenize_dataset
   from mergevq_jax.train import ar_trainer
@@ -62,26 +67,22 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     raise ValueError("--config=configs/<name>.py and --workdir=DIR are required")
-  from mergevq_jax.config_mergear import is_mergear_config
+  from mergevq_jax import config as config_lib
   config, workdir = _CONFIG.value, _WORKDIR.value
-  host_memory.reexec_with_malloc_tunables(large=not is_mergear_config(config) and (
+  stage = config_lib.stage_of(config)
+  host_memory.reexec_with_malloc_tunables(large=stage == "tokenizer" and (
       host_memory.large_step(config.model.image_size, config.train.batch_size)))
   if not flags.FLAGS["verbosity"].present:  # orbax and grain are chatty at INFO
     logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
-  if is_mergear_config(config):
-    from mergevq_jax.train.ar_trainer import train
-    summary = train(config, workdir)
-  else:
-    from mergevq_jax.train.trainer import train
-    summary = train(config, workdir)
-    if config.stage2.mergear_config:
-      summary["mergear"] = run_stage2(config, workdir)
-      if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-          json.dump(summary, f, indent=1)
+  summary = importlib.import_module(TRAINERS[stage]).train(config, workdir)
+  if stage == "tokenizer" and config.stage2.mergear_config:
+    summary["mergear"] = run_stage2(config, workdir)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=1))
 

@@ -41,8 +41,8 @@ _STATS = flags.DEFINE_string("stats_json", "", "Per-sample stats (default: <out>
 def main(argv):
   del argv
   from mergevq_jax import pretrained
-  from mergevq_jax.models.mergear_decode import Generator
-  from mergevq_jax.train.logger import image_grid, save_png, to_uint8
+  from mergevq_jax.models.ar.decode import Generator
+  from mergevq_jax.images import image_grid, save_png, to_uint8
   if not _AR.value:
     raise ValueError("--ar_workdir is required")
   model, ar_config, ar_step = pretrained.load_mergear(_AR.value)

@@ -44,6 +44,10 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("act_heads", "tensor"),
     ("act_channels", None),
     ("vocab", "tensor"),
+    ("layers", None),              # stacked layer parameters (MergeAR), scanned over
+    ("cache_batch", ("data", "fsdp")),   # MergeAR's KV cache (models/ar/kv_cache.py)
+    ("cache_heads", "tensor"),
+    ("cache_slots", None),
 )
 
 LOGICAL_KEY = "logical_axes"

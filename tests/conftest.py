@@ -4,7 +4,7 @@ import jax
 import pytest
 from flax import nnx
 
-from mergevq_jax.config_base import load_config_file
+from mergevq_jax.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

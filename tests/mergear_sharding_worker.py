@@ -16,10 +16,10 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from mergevq_jax import sharding  # noqa: E402
-from mergevq_jax.models import mergear_decode as md  # noqa: E402
-from mergevq_jax.models.kv_cache import CacheLayout  # noqa: E402
-from mergevq_jax.models.mergear import PREFIX, MergeAR  # noqa: E402
-from mergevq_jax.models.sampling import SamplingParams  # noqa: E402
+from mergevq_jax.models.ar import decode as md  # noqa: E402
+from mergevq_jax.models.ar.kv_cache import CacheLayout  # noqa: E402
+from mergevq_jax.models.ar.mergear import PREFIX, MergeAR  # noqa: E402
+from mergevq_jax.models.ar.sampling import SamplingParams  # noqa: E402
 from test_mergear import L, VOCAB, randomized, small_config  # noqa: E402
 
 

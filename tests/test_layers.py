@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mergevq_jax.models import conv as conv_lib
+from mergevq_jax.ops import conv as conv_lib
 from mergevq_jax.models import layers
-from mergevq_jax.models.group_norm import group_norm_apply
-from mergevq_jax.models.norm_silu_conv import norm_silu_conv
+from mergevq_jax.ops import depthwise
+from mergevq_jax.ops.group_norm import group_norm_apply
+from mergevq_jax.ops.norm_silu_conv import norm_silu_conv
 
 
 def _assert_same_value_and_grads(ours, ref, args, atol, rtol=1e-5):
@@ -81,7 +82,7 @@ def test_depthwise_conv_equals_grouped_conv():
   kernel = ours.kernel[...]
   grouped = lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-  _assert_same_value_and_grads(layers.depthwise_conv, grouped, (x, kernel), atol=1e-4)
+  _assert_same_value_and_grads(depthwise.depthwise_conv, grouped, (x, kernel), atol=1e-4)
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding", [
@@ -114,9 +115,9 @@ def test_conv_kernel_gradient_equals_xla(shape, kernel, stride, padding, dy_majo
 def test_norm_silu_conv_equals_the_composed_layers(offset, backend, monkeypatch):
   """conv(silu(GN(x))) with the norm recomputed in the backward pass (several bands)
   equals the same layers differentiated one by one. "gpu" runs, on this CPU, the branch
-  that GPU and TPU backends take (the activation recomputed whole, XLA's kernel gradient)."""
+  that the GPU and TPU platforms take (the activation recomputed whole, XLA's kernel
+  gradient)."""
   monkeypatch.setattr(conv_lib, "BAND_BYTES", 3 * 2 * 9 * 9 * 64 * 4)
-  monkeypatch.setattr(jax, "default_backend", lambda: backend)
   x = offset + 2.0 * jax.random.normal(jax.random.key(0), (2, 10, 9, 64))
   scale = 1.0 + 0.3 * jax.random.normal(jax.random.key(1), (64,))
   bias = jax.random.normal(jax.random.key(2), (64,))
@@ -124,7 +125,7 @@ def test_norm_silu_conv_equals_the_composed_layers(offset, backend, monkeypatch)
   composed = lambda x, s, b, k: jax.lax.conv_general_dilated(
       jax.nn.silu(group_norm_apply(x, s, b, 32, 1e-6)), k, (1, 1), "SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  fused = lambda x, s, b, k: norm_silu_conv(x, s, b, k, 32, 1e-6)
+  fused = lambda x, s, b, k: norm_silu_conv(x, s, b, k, 32, 1e-6, backend)
   _assert_same_value_and_grads(fused, composed, (x, scale, bias, kernel), atol=2e-4, rtol=1e-4)
 
 

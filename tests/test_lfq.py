@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mergevq_jax.models import lfq
+from mergevq_jax.eval import codebook
 
 
 def brute_force_entropies(z, tau):
@@ -98,11 +99,11 @@ def test_losses_have_finite_gradients(mode):
 
 
 def test_usage_and_perplexity():
-  counts = lfq.code_histogram(jnp.array([0, 0, 1, 3]), 2)
+  counts = codebook.code_histogram(jnp.array([0, 0, 1, 3]), 2)
   np.testing.assert_array_equal(np.asarray(counts), [2, 1, 0, 1])
-  assert float(lfq.codebook_usage(counts)) == pytest.approx(0.75)
+  assert float(codebook.codebook_usage(counts)) == pytest.approx(0.75)
   h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
-  assert float(lfq.perplexity(counts)) == pytest.approx(math.exp(h), rel=1e-6)
+  assert float(codebook.perplexity(counts)) == pytest.approx(math.exp(h), rel=1e-6)
 
 
 def test_bad_entropy_mode():

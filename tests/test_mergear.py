@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mergevq_jax.config_mergear import mergear_defaults, validate_mergear_config
-from mergevq_jax.models import merge_mask as mm
-from mergevq_jax.models import mergear_decode as md
-from mergevq_jax.models.kv_cache import CacheLayout
+from mergevq_jax.config.mergear import mergear_defaults, validate_mergear_config
+from mergevq_jax.models.ar import merge_mask as mm
+from mergevq_jax.models.ar import decode as md
+from mergevq_jax.models.ar.kv_cache import CacheLayout
 from mergevq_jax.models.layers import count_params
-from mergevq_jax.models.mergear import (PREFIX, MergeAR, apply_rope, join_codes, rope_angles,
-                                        split_codes)
+from mergevq_jax.models.ar.blocks import apply_rope, join_codes, rope_angles, split_codes
+from mergevq_jax.models.ar.mergear import PREFIX, MergeAR
 
 from conftest import load_config
 
@@ -251,7 +251,7 @@ def test_sharded_decode_equals_single_device():
 
 
 def test_sampling_filters():
-  from mergevq_jax.models.sampling import SamplingParams, filter_logits, sample
+  from mergevq_jax.models.ar.sampling import SamplingParams, filter_logits, sample
   logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
   kept = lambda k, p: np.isfinite(np.asarray(filter_logits(logits, jnp.int32(k),
                                                            jnp.float32(p))))[0].tolist()
@@ -272,7 +272,7 @@ def test_sampling_filters():
 @pytest.mark.parametrize("vocab", [4096, 60, 7])
 def test_inverse_cdf_draw_matches_softmax(vocab):
   """Two-level inverse-CDF draws follow softmax(logits); masked tokens never come up."""
-  from mergevq_jax.models.sampling import inverse_cdf_draw
+  from mergevq_jax.models.ar.sampling import inverse_cdf_draw
   logits = jax.random.normal(jax.random.key(vocab), (1, vocab)) * 2
   logits = logits.at[0, ::3].set(-jnp.inf)               # filtered tokens
   keys = jax.random.split(jax.random.key(1), 40000)

@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from mergevq_jax.models.layers import count_params
-from mergevq_jax.nets import DinoV2, LPIPS, convert, dinov2, load_dinov2, load_lpips, vgg_lpips
+from mergevq_jax.nets import (DinoV2, LPIPS, convert, dinov2, load_dinov2, load_lpips, vgg_lpips,
+                              weights)
 
 ATOL = 1e-4
 
@@ -244,7 +245,7 @@ def test_torch_file_without_torch_says_how_to_fix(tmp_path, monkeypatch):
   (tmp_path / "w.pth").write_bytes(b"\x80\x02}q\x00.")
   monkeypatch.setitem(sys.modules, "torch", None)   # import torch -> ImportError
   with pytest.raises(ImportError, match=r"w\.pth.*pip install torch==2\.13\.0"):
-    convert.read_state_dict(tmp_path / "w.pth")
+    weights.read_state_dict(tmp_path / "w.pth")
 
 
 def test_corrupt_torch_and_safetensors_files(torch, tmp_path):
@@ -252,7 +253,7 @@ def test_corrupt_torch_and_safetensors_files(torch, tmp_path):
   for name in ("bad.pth", "bad.safetensors"):
     (tmp_path / name).write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ValueError, match=name):
-      convert.read_state_dict(tmp_path / name)
+      weights.read_state_dict(tmp_path / name)
 
 
 # ============================================================================= DINOv2
@@ -434,11 +435,11 @@ def test_bicubic_equals_torch_interpolate(torch, in_size, out_size, mode):
   if mode == "scale":
     sf = ((out_size + 0.1) / in_size, (out_size + 0.1) / (in_size + 2))
     want = F.interpolate(t, scale_factor=sf, mode="bicubic", align_corners=False)
-    got = convert.torch_bicubic_resize(x, tuple(want.shape[-2:]), scale_factor=sf)
+    got = weights.torch_bicubic_resize(x, tuple(want.shape[-2:]), scale_factor=sf)
   else:
     want = F.interpolate(t, size=(out_size, out_size + 1), mode="bicubic",
                          align_corners=False, antialias=(mode == "aa"))
-    got = convert.torch_bicubic_resize(x, (out_size, out_size + 1), antialias=(mode == "aa"))
+    got = weights.torch_bicubic_resize(x, (out_size, out_size + 1), antialias=(mode == "aa"))
   want = want[0].permute(1, 2, 0).numpy()
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -3,9 +3,9 @@ import jax
 import numpy as np
 
 from mergevq_jax import sharding
-from mergevq_jax.train.checkpoint import Checkpointer
-from mergevq_jax.train.state import abstract_state
-from mergevq_jax.train.trainer import train
+from mergevq_jax.checkpoint import Checkpointer
+from mergevq_jax.train.tokenizer_state import abstract_state
+from mergevq_jax.train.tokenizer_trainer import train
 
 from test_train_step import small_config
 
@@ -45,3 +45,6 @@ def test_restart_equals_uninterrupted(tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
   # the discriminator took part (its LeCAM anchors moved off zero)
   assert float(np.abs(np.asarray(a.lecam.real))) > 0
+  # TensorBoard event files with the training scalars (tensorboardX is a dependency)
+  events = list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and b"train/g_total" in events[0].read_bytes()

@@ -16,9 +16,9 @@ from mergevq_jax.data import codes as codes_lib
 from mergevq_jax.data.sources import SampleImages
 from mergevq_jax.models.tokenizer import jit_method
 from mergevq_jax.data.tokenize_images import expand_codes, tokenize_dataset
-from mergevq_jax.train import ar_step, ar_trainer
-from mergevq_jax.train.checkpoint import MERGEAR_LAYOUT_VERSION, Checkpointer
-from mergevq_jax.train.state import create_state
+from mergevq_jax.train import ar_state, ar_step, ar_trainer
+from mergevq_jax.checkpoint import MERGEAR_LAYOUT, Checkpointer, save_config
+from mergevq_jax.train.tokenizer_state import create_state
 
 from conftest import ROOT, load_config
 
@@ -33,7 +33,7 @@ def tokenizer_run(tmp_path_factory):
   cfg.disc.enabled = False
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   state, _ = create_state(cfg, mesh, sharding.DEFAULT_RULES)
-  pretrained.save_config(workdir, cfg)
+  save_config(workdir, cfg)
   ckpt = Checkpointer(workdir, keep=1)
   ckpt.save(0, state)
   ckpt.close()
@@ -88,8 +88,8 @@ def ar_config(codes_dir, **train):
 
 def final_state(workdir, cfg):
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  abstract = ar_step.abstract_state(cfg)
-  ckpt = Checkpointer(workdir, keep=3, layout=MERGEAR_LAYOUT_VERSION)
+  abstract = ar_state.abstract_state(cfg)
+  ckpt = Checkpointer(workdir, keep=3, layout=MERGEAR_LAYOUT)
   state, _ = ckpt.restore(abstract, sharding.state_shardings(abstract, mesh,
                                                              sharding.DEFAULT_RULES))
   ckpt.close()
@@ -153,3 +153,16 @@ def test_sample_cli_writes_grid_and_stats(codes_dir, tokenizer_run, tmp_path):
   assert len(report["samples"]) == 4 and report["cfg"] == 2.0 and report["num_keep"] == 36
   for s in report["samples"]:
     assert 1 <= s["kept_slots_used"] <= 36 and s["distinct_codes"] >= s["kept_slots_used"]
+
+
+def test_loading_weights_needs_no_training_code(tokenizer_run):
+  """pretrained.load_tokenizer reads the EMA item alone: nothing under mergevq_jax.train
+  is imported (evaluation, export and notebooks load runs this way)."""
+  code = (f"from mergevq_jax import pretrained; import sys\n"
+          f"model, cfg, step = pretrained.load_tokenizer({tokenizer_run!r})\n"
+          f"assert step == 0 and model.num_tokens == 64\n"
+          f"print(sorted(m for m in sys.modules if m.startswith('mergevq_jax.train')))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]"

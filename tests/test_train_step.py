@@ -7,9 +7,10 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mergevq_jax import sharding
+from mergevq_jax.eval import metrics
 from mergevq_jax.train import losses
-from mergevq_jax.train.state import create_state, graphs
-from mergevq_jax.train.step import Frozen, jit_train_step, make_train_step
+from mergevq_jax.train.tokenizer_state import create_state, graphs
+from mergevq_jax.train.tokenizer_step import Frozen, jit_train_step, make_train_step
 
 from conftest import load_config
 
@@ -120,5 +121,5 @@ def test_loss_functions():
   t = jax.random.normal(jax.random.key(0), (3, 8))
   assert float(losses.alignment_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
   assert float(losses.alignment_loss(-t, t)) > 0
-  assert float(losses.psnr(x, x)) == pytest.approx(100.0)
-  assert float(losses.psnr(x, y)) == pytest.approx(-10 * np.log10(0.0625), rel=1e-5)
+  assert float(metrics.psnr(x, x)) == pytest.approx(100.0)
+  assert float(metrics.psnr(x, y)) == pytest.approx(-10 * np.log10(0.0625), rel=1e-5)

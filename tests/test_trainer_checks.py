@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from mergevq_jax.train.trainer import sample_num_keep, train
+from mergevq_jax.train.tokenizer_trainer import sample_num_keep, train
 
 from conftest import load_config
 

@@ -44,16 +44,18 @@ class AdaptiveGroupNorm(nnx.Module):
 
 
 class Decoder(nnx.Module):
+  """cfg: the model config; platform: the config's, selects the ops (`mergevq_jax.ops`)."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, platform: str | None = None):
     ch, ch_mult = cfg.ch, tuple(cfg.ch_mult)
     width = ch * ch_mult[-1]
-    self.conv_in = layers.conv(cfg.z_channels, width, 3, dtype=dtype, rngs=rngs)
-    self.pos_conv = layers.DepthwiseConv(width, dtype=dtype, rngs=rngs)
+    conv = lambda cin, cout: layers.conv(cin, cout, 3, dtype=dtype, rngs=rngs, platform=platform)
+    self.conv_in = conv(cfg.z_channels, width)
+    self.pos_conv = layers.DepthwiseConv(width, dtype=dtype, rngs=rngs, platform=platform)
     self.blocks = nnx.List([
         layers.TransformerBlock(width, cfg.decoder_num_heads, init_values=cfg.init_values,
                                 mix_mlp=True, dtype=dtype, rngs=rngs,
-                                attention_impl=cfg.attention_impl or None)
+                                attention_impl=cfg.attention_impl or None, platform=platform)
         for _ in range(cfg.num_layers)])
     # Levels from the coarsest (width channels) to the finest (ch channels).
     adaptive, levels, upsample = [], [], []
@@ -64,16 +66,16 @@ class Decoder(nnx.Module):
       adaptive.append(AdaptiveGroupNorm(cfg.z_channels, cin, dtype=dtype, rngs=rngs))
       blocks = []
       for _ in range(n_blocks):
-        blocks.append(layers.ResBlock(cin, cout, dtype=dtype, rngs=rngs))
+        blocks.append(layers.ResBlock(cin, cout, dtype=dtype, rngs=rngs, platform=platform))
         cin = cout
       levels.append(nnx.List(blocks))
       if level > 0:
-        upsample.append(layers.conv(cin, 4 * cin, 3, dtype=dtype, rngs=rngs))
+        upsample.append(conv(cin, 4 * cin))
     self.adaptive = nnx.List(adaptive)
     self.levels = nnx.List(levels)
     self.upsample = nnx.List(upsample)
     self.norm_out = layers.group_norm(cin, dtype=dtype, rngs=rngs)
-    self.conv_out = layers.conv(cin, 3, 3, dtype=dtype, rngs=rngs)
+    self.conv_out = conv(cin, 3)
 
   def __call__(self, z: jax.Array) -> jax.Array:
     """z: (B, h, w, z_channels) -> images (B, H, W, 3), roughly in [-1, 1]."""

@@ -38,11 +38,11 @@ class BatchStatNorm(nnx.Module):
 class PatchDiscriminator(nnx.Module):
 
   def __init__(self, base_channels: int = 64, num_layers: int = 3, *, rngs: nnx.Rngs,
-               dtype=jnp.float32):
+               dtype=jnp.float32, platform: str | None = None):
     init = nnx.initializers.normal(0.02)
     conv = lambda cin, cout, stride, bias: layers.conv(
         cin, cout, 4, stride=stride, padding=((1, 1), (1, 1)), use_bias=bias, dtype=dtype,
-        init=init, rngs=rngs)
+        init=init, rngs=rngs, platform=platform)
     convs, norms = [conv(3, base_channels, 2, True)], [None]
     cin = base_channels
     for n in range(1, num_layers + 1):

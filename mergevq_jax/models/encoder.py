@@ -26,19 +26,23 @@ class CNNStem(nnx.Module):
   """conv3x3 (no bias) -> per level ResBlocks -> stride-2 conv3x3 between levels."""
 
   def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, *,
-               rngs: nnx.Rngs, dtype=jnp.float32, in_channels: int = 3):
-    self.conv_in = layers.conv(in_channels, ch, 3, use_bias=False, dtype=dtype, rngs=rngs)
+               rngs: nnx.Rngs, dtype=jnp.float32, in_channels: int = 3,
+               platform: str | None = None):
+    self.conv_in = layers.conv(in_channels, ch, 3, use_bias=False, dtype=dtype, rngs=rngs,
+                               platform=platform)
     blocks, downs = [], []
     cin = ch
     for level, mult in enumerate(ch_mult):
       cout = ch * mult
       level_blocks = []
       for _ in range(num_res_blocks):
-        level_blocks.append(layers.ResBlock(cin, cout, dtype=dtype, rngs=rngs))
+        level_blocks.append(layers.ResBlock(cin, cout, dtype=dtype, rngs=rngs,
+                                            platform=platform))
         cin = cout
       blocks.append(nnx.List(level_blocks))
       if level < len(ch_mult) - 1:
-        downs.append(layers.conv(cout, cout, 3, stride=2, dtype=dtype, rngs=rngs))
+        downs.append(layers.conv(cout, cout, 3, stride=2, dtype=dtype, rngs=rngs,
+                                 platform=platform))
     self.blocks = nnx.List(blocks)
     self.downsample = nnx.List(downs)
     self.out_channels = cin
@@ -57,9 +61,9 @@ class PatchStem(nnx.Module):
   """R variant: conv patch x patch stride patch to the width, then GroupNorm(width groups)."""
 
   def __init__(self, patch: int, width: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               in_channels: int = 3):
+               in_channels: int = 3, platform: str | None = None):
     self.proj = layers.conv(in_channels, width, patch, stride=patch, padding="VALID",
-                            dtype=dtype, rngs=rngs)
+                            dtype=dtype, rngs=rngs, platform=platform)
     self.norm = layers.GroupNorm(width, num_groups=width, dtype=dtype, rngs=rngs)
     self.out_channels = width
 
@@ -68,13 +72,16 @@ class PatchStem(nnx.Module):
 
 
 class Encoder(nnx.Module):
-  """Stem + [CLS] + ToMe transformer + output projection (+ alignment head)."""
+  """Stem + [CLS] + ToMe transformer + output projection (+ alignment head).
+  cfg: the model config; platform: the config's, selects the ops (`mergevq_jax.ops`)."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, platform: str | None = None):
     if cfg.encoder_type == "cnn":
-      self.stem = CNNStem(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, dtype=dtype, rngs=rngs)
+      self.stem = CNNStem(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, dtype=dtype, rngs=rngs,
+                          platform=platform)
     elif cfg.encoder_type == "vit":
-      self.stem = PatchStem(cfg.patch_size, cfg.width, dtype=dtype, rngs=rngs)
+      self.stem = PatchStem(cfg.patch_size, cfg.width, dtype=dtype, rngs=rngs,
+                            platform=platform)
     else:
       raise ValueError(f"model.encoder_type must be 'cnn' or 'vit', got {cfg.encoder_type!r}")
     width = self.stem.out_channels

@@ -164,19 +164,3 @@ def lfq(z: jax.Array, *, tau: float = 0.01, per_token_weight: float = 1.0,
 
 
 # ----------------------------------------------------------------------------- usage
-
-
-def code_histogram(indices: jax.Array, num_bits: int) -> jax.Array:
-  """Counts of each of the 2^d codes, (2^d,) int32. Sum these over an eval set."""
-  return jnp.bincount(indices.reshape(-1), length=2 ** num_bits)
-
-
-def codebook_usage(counts: jax.Array) -> jax.Array:
-  """Fraction of codes hit at least once."""
-  return jnp.mean(counts > 0)
-
-
-def perplexity(counts: jax.Array) -> jax.Array:
-  """exp(entropy) of the empirical code distribution."""
-  p = counts / jnp.maximum(jnp.sum(counts), 1)
-  return jnp.exp(_entropy(p.astype(jnp.float32)))

@@ -10,10 +10,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from mergevq_jax.models import layers, tome
+from mergevq_jax.models import layers
 from mergevq_jax.sharding import axes
 
 
@@ -67,9 +66,3 @@ class SourceRecovery(nnx.Module):
       q = block(q)
     logits = jnp.einsum("bkd,bld->bkl", self.head(kv), self.head(q)).astype(jnp.float32)
     return SourceRecoveryOutput(logits=logits, owner=jnp.argmax(logits, axis=1).astype(jnp.int32))
-
-
-def source_bce(logits: jax.Array, owner: jax.Array) -> jax.Array:
-  """Mean element-wise BCE between logits (B, K, L) and the true S from `owner` (B, L)."""
-  target = tome.source_matrix(owner, logits.shape[1])
-  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))

@@ -1,8 +1,10 @@
 """The MergeVQ tokenizer: encoder + LFQ + S^T Z recovery + decoder (+ alignment head,
-+ learned source recovery).
++ learned source recovery), its token geometry and its hyperparameter checks.
 
 Images are NHWC float in [-1, 1]. K (`num_keep`) is a static Python int: under jit,
-one compiled function per K (see `jit_method`).
+one compiled function per K (see `jit_method`). The module reads `config.model`,
+`config.quantizer`, `config.dtype` and `config.platform` (which selects the ops'
+implementation, `mergevq_jax.ops`); the config schema is `mergevq_jax.config.tokenizer`.
 """
 from __future__ import annotations
 
@@ -14,13 +16,61 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mergevq_jax import config_base
 from mergevq_jax.models import layers, lfq, tome
 from mergevq_jax.models.decoder import Decoder
 from mergevq_jax.models.encoder import Encoder
 from mergevq_jax.models.recovery import SourceRecovery, SourceRecoveryOutput
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+GROUPS = 32  # GroupNorm groups of every CNN stage
+
+
+def downsample_factor(m) -> int:
+  """Image side / token-grid side of model config `m`."""
+  return 2 ** (len(m.ch_mult) - 1) if m.encoder_type == "cnn" else m.patch_size
+
+
+def encoder_width(m) -> int:
+  """Width of the encoder's transformer tokens (the CNN's last level, or the ViT width)."""
+  return m.ch * m.ch_mult[-1] if m.encoder_type == "cnn" else m.width
+
+
+def num_tokens(m, image_size: int | None = None) -> int:
+  """L, the number of tokens before merging, at `image_size` (default model.image_size)."""
+  side = (image_size or m.image_size) // downsample_factor(m)
+  return side * side
+
+
+def check_hparams(config) -> None:
+  """ValueError naming the first model or quantizer hyperparameter that cannot work."""
+  m = config.model
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config.dtype must be one of {tuple(DTYPES)}, got {config.dtype!r}")
+  if m.encoder_type not in ("cnn", "vit"):
+    raise ValueError(f"model.encoder_type must be 'cnn' or 'vit', got {m.encoder_type!r}")
+  f = downsample_factor(m)
+  if m.image_size % f:
+    raise ValueError(f"model.image_size={m.image_size} is not divisible by the downsampling "
+                     f"factor {f}")
+  for key, width, heads in (("num_heads", encoder_width(m), m.num_heads),
+                            ("decoder_num_heads", m.ch * m.ch_mult[-1], m.decoder_num_heads)):
+    if width % heads:
+      raise ValueError(f"model.{key}={heads} does not divide the width {width}")
+  bad = [w for w in [m.ch * k for k in m.ch_mult] + [encoder_width(m)] if w % GROUPS]
+  if bad:
+    raise ValueError(f"channel widths {bad} (model.ch * ch_mult, encoder width) are not "
+                     f"divisible by the {GROUPS} GroupNorm groups")
+  L = num_tokens(m)
+  for k in (m.num_keep,) + tuple(m.keep_candidates):
+    try:
+      tome.merge_schedule(m.num_layers, L, int(k))
+    except ValueError as e:
+      raise ValueError(f"model.num_keep / keep_candidates: {e}") from None
+  if m.align_head not in ("", "layer3", "layer2_ln"):
+    raise ValueError(f"model.align_head must be '', 'layer3' or 'layer2_ln', got {m.align_head!r}")
+  if config.quantizer.entropy_mode not in ("exact", "bit_groups"):
+    raise ValueError(f"quantizer.entropy_mode must be 'exact' or 'bit_groups', "
+                     f"got {config.quantizer.entropy_mode!r}")
 
 
 class EncodeOutput(NamedTuple):
@@ -44,14 +94,14 @@ class EncodeOutput(NamedTuple):
 class Tokenizer(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs):
-    config_base.validate_config(config)
+    check_hparams(config)
     config = ml_collections.FrozenConfigDict(config)
     self.config = config
     m = config.model
     dtype = DTYPES[config.dtype]
-    self.encoder = Encoder(m, dtype=dtype, rngs=rngs)
-    self.decoder = Decoder(m, dtype=dtype, rngs=rngs)
-    width = config_base.encoder_width(m)
+    self.encoder = Encoder(m, dtype=dtype, platform=config.platform, rngs=rngs)
+    self.decoder = Decoder(m, dtype=dtype, platform=config.platform, rngs=rngs)
+    width = encoder_width(m)
     self.align_head = (layers.MLPHead(width, m.align_hidden, m.align_dim, m.align_head,
                                       dtype=dtype, rngs=rngs) if m.align_head else None)
     self.recovery = (SourceRecovery(m.recovery, m.z_channels, self.num_tokens, dtype=dtype,
@@ -61,11 +111,11 @@ class Tokenizer(nnx.Module):
   # ------------------------------------------------------------------ geometry
   @property
   def downsample(self) -> int:
-    return config_base.downsample_factor(self.config.model)
+    return downsample_factor(self.config.model)
 
   @property
   def num_tokens(self) -> int:
-    return config_base.num_tokens(self.config.model)
+    return num_tokens(self.config.model)
 
   @property
   def grid(self) -> tuple[int, int]:

@@ -49,7 +49,7 @@ import numpy as np
 from flax import nnx
 
 from mergevq_jax.models import layers
-from mergevq_jax.nets import convert
+from mergevq_jax.nets import weights
 from mergevq_jax.sharding import axes
 
 LN_EPS = 1e-6
@@ -236,7 +236,7 @@ def canonical_state(state: dict[str, np.ndarray], source: str) -> dict[str, np.n
   """The file's DINOv2 tensors, prefix stripped, ignored keys dropped, keys and shapes
   checked (layout unchanged). Raises ValueError naming `source`."""
   layout, prefix = detect_layout(state, source)
-  state = convert.strip_prefix(state, prefix) if prefix else dict(state)
+  state = weights.strip_prefix(state, prefix) if prefix else dict(state)
   for k in state:
     if k.split(".")[-1] in _REGISTERS:
       raise ValueError(f"{source}: '{prefix}{k}': DINOv2 variants with register tokens are "
@@ -244,7 +244,7 @@ def canonical_state(state: dict[str, np.ndarray], source: str) -> dict[str, np.n
   arch = _architecture(state, layout, source)
   expected = expected_shapes(layout, arch["dim"], arch["patch"], arch["depth"],
                              arch["mlp_dim"], arch["num_pos"])
-  convert.check_keys(state, expected, source, ignored=_IGNORED[layout])
+  weights.check_keys(state, expected, source, ignored=_IGNORED[layout])
   return {k: state[k] for k in expected}
 
 
@@ -259,9 +259,9 @@ def resize_pos_embed(pos: np.ndarray, grid: int, rule: str) -> np.ndarray:
   patch = pos[0, 1:].reshape(old, old, -1)
   if rule == "dinov2":
     sf = (grid + 0.1) / old
-    out = convert.torch_bicubic_resize(patch, (grid, grid), scale_factor=(sf, sf))
+    out = weights.torch_bicubic_resize(patch, (grid, grid), scale_factor=(sf, sf))
   else:
-    out = convert.torch_bicubic_resize(patch, (grid, grid), antialias=(rule == "timm"))
+    out = weights.torch_bicubic_resize(patch, (grid, grid), antialias=(rule == "timm"))
   out = out.astype(pos.dtype).reshape(1, grid * grid, -1)
   return np.concatenate([pos[:, :1], out], axis=1)
 
@@ -296,7 +296,7 @@ def load_dinov2(path: str | os.PathLike, image_size: int = 224, *, pos_resize: s
   if pos_resize != "auto" and pos_resize not in POS_RESIZE_RULES:
     raise ValueError(f"pos_resize must be 'auto' or one of {POS_RESIZE_RULES}, "
                      f"got {pos_resize!r}")
-  raw = convert.read_state_dict(source)
+  raw = weights.read_state_dict(source)
   layout, _ = detect_layout(raw, source)
   state = canonical_state(raw, source)
   arch = _architecture(state, layout, source)
@@ -308,7 +308,7 @@ def load_dinov2(path: str | os.PathLike, image_size: int = 224, *, pos_resize: s
   d, heads = arch["dim"], arch["dim"] // HEAD_DIM
   params = {"cls_token": t["cls_token"],
             "pos_embed": resize_pos_embed(t["pos_embed"], grid, rule),
-            "patch_embed.kernel": convert.conv_kernel(t["patch_embed.proj.weight"]),
+            "patch_embed.kernel": weights.conv_kernel(t["patch_embed.proj.weight"]),
             "patch_embed.bias": t["patch_embed.proj.bias"],
             "norm.scale": t["norm.weight"], "norm.bias": t["norm.bias"]}
   for i in range(arch["depth"]):
@@ -316,14 +316,14 @@ def load_dinov2(path: str | os.PathLike, image_size: int = 224, *, pos_resize: s
     qkv_w = t[b + "attn.qkv.weight"].reshape(3, heads, d // heads, d)
     params[o + "attn.qkv.kernel"] = np.transpose(qkv_w, (3, 0, 1, 2))
     params[o + "attn.qkv.bias"] = t[b + "attn.qkv.bias"].reshape(3, heads, d // heads)
-    params[o + "attn.proj.kernel"] = convert.linear_kernel(
+    params[o + "attn.proj.kernel"] = weights.linear_kernel(
         t[b + "attn.proj.weight"]).reshape(heads, d // heads, d)
     params[o + "attn.proj.bias"] = t[b + "attn.proj.bias"]
     for n in ("norm1", "norm2"):
       params[o + n + ".scale"] = t[b + n + ".weight"]
       params[o + n + ".bias"] = t[b + n + ".bias"]
     for n in ("fc1", "fc2"):
-      params[o + n + ".kernel"] = convert.linear_kernel(t[b + f"mlp.{n}.weight"])
+      params[o + n + ".kernel"] = weights.linear_kernel(t[b + f"mlp.{n}.weight"])
       params[o + n + ".bias"] = t[b + f"mlp.{n}.bias"]
     params[o + "ls1.gamma"] = t[b + "ls1.gamma"]
     params[o + "ls2.gamma"] = t[b + "ls2.gamma"]
@@ -331,4 +331,4 @@ def load_dinov2(path: str | os.PathLike, image_size: int = 224, *, pos_resize: s
       rngs=nnx.Rngs(0), image_size=image_size, patch_size=arch["patch"], dim=d,
       depth=arch["depth"], mlp_dim=arch["mlp_dim"], dtype=dtype,
       attention_impl=attention_impl))
-  return convert.assign_params(model, params)
+  return weights.assign_params(model, params)

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from mergevq_jax.models import layers
-from mergevq_jax.nets import convert
+from mergevq_jax.nets import weights
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -129,7 +129,7 @@ def canonical_state(state: dict[str, np.ndarray], source: str) -> dict[str, np.n
   """Rename accepted aliases to canonical keys, drop ignored keys, check keys, shapes and
   the non-negativity of the lin weights. Raises ValueError naming `source`."""
   if state and all(k.startswith("module.") for k in state):
-    state = convert.strip_prefix(state, "module.")
+    state = weights.strip_prefix(state, "module.")
   out, ignored = {}, []
   for key, value in state.items():
     if _IGNORED.match(key):
@@ -142,7 +142,7 @@ def canonical_state(state: dict[str, np.ndarray], source: str) -> dict[str, np.n
       raise ValueError(f"{source}: '{key}' and another key both map to '{new}' with "
                        f"different values")
     out[new] = value
-  convert.check_keys(out, expected_shapes(), source)
+  weights.check_keys(out, expected_shapes(), source)
   for k in range(len(TAP_CHANNELS)):
     w = out[f"lin{k}.model.1.weight"]
     if np.any(w < 0):
@@ -158,12 +158,12 @@ def load_lpips(path: str | os.PathLike, *, dtype=jnp.float32) -> LPIPS:
   Raises FileNotFoundError for a missing file, ValueError naming the file and the first
   missing / unexpected key or shape mismatch for a file that does not fit.
   """
-  state = canonical_state(convert.read_state_dict(path), os.fspath(path))
+  state = canonical_state(weights.read_state_dict(path), os.fspath(path))
   params = {}
   for j, (idx, _, _) in enumerate(VGG_CONVS):
-    params[f"convs.{j}.kernel"] = convert.conv_kernel(state[f"features.{idx}.weight"])
+    params[f"convs.{j}.kernel"] = weights.conv_kernel(state[f"features.{idx}.weight"])
     params[f"convs.{j}.bias"] = state[f"features.{idx}.bias"]
   for k in range(len(TAP_CHANNELS)):
-    params[f"lins.{k}.kernel"] = convert.conv_kernel(state[f"lin{k}.model.1.weight"])
+    params[f"lins.{k}.kernel"] = weights.conv_kernel(state[f"lin{k}.model.1.weight"])
   model = nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0), dtype=dtype))
-  return convert.assign_params(model, params)
+  return weights.assign_params(model, params)

@@ -1,76 +1,26 @@
-"""MergeAR (stage 2) train state, optimizer and the jitted training step.
+"""The MergeAR (stage 2) training step, jitted.
 
 Loss: the sum over sub-code heads of the cross-entropy of the teacher-forced logits
 (= -log p(code), nats per position), under the training mask: `merge_mask(codes, W,
 K_cap=L)` ('merge') or causal ('causal'). Class labels are replaced by the null class
 with probability train.class_dropout (for classifier-free guidance). AdamW(b1, b2,
-weight decay on matrices only), linear warmup then constant or cosine, global-norm
-clipping, optional EMA. A non-finite step changes nothing but the counters.
+weight decay on matrices only; `ar_state`), linear warmup then constant or cosine,
+global-norm clipping, optional EMA. A non-finite step changes nothing but the counters.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mergevq_jax import sharding
-from mergevq_jax.models.merge_mask import attention_mask
-from mergevq_jax.models.mergear import MergeAR, cross_entropy
-from mergevq_jax.train.step import tree_all_finite
-
-
-class ARTrainState(NamedTuple):
-  step: jax.Array
-  params: Any           # nnx.State of MergeAR
-  opt_state: Any
-  ema: Any              # EMA of params ({} when train.ema_decay = 0)
-  nonfinite: jax.Array  # consecutive non-finite steps
-  skipped: jax.Array    # all skipped steps
-
-
-def lr_schedule(config) -> optax.Schedule:
-  t = config.train
-  warmup = max(int(t.warmup_steps), 0)
-  if t.schedule == "cosine":
-    main = optax.cosine_decay_schedule(t.lr, max(t.steps - warmup, 1))
-  else:
-    main = optax.constant_schedule(t.lr)
-  if not warmup:
-    return main
-  return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup), main], [warmup])
-
-
-def optimizer(config) -> optax.GradientTransformation:
-  """AdamW; no weight decay on norms (1-D parameters); clipping first."""
-  t = config.train
-  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
-  adamw = optax.adamw(lr_schedule(config), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay,
-                      mask=decay_mask)
-  return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw) if t.grad_clip else adamw
-
-
-def _init(config) -> ARTrainState:
-  params = nnx.state(MergeAR(config, rngs=nnx.Rngs(config.seed)), nnx.Param)
-  ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else {}
-  zero = jnp.zeros((), jnp.int32)
-  return ARTrainState(step=zero, params=params, opt_state=optimizer(config).init(params),
-                      ema=ema, nonfinite=zero, skipped=zero)
-
-
-def abstract_state(config) -> ARTrainState:
-  return jax.eval_shape(lambda: _init(config))
-
-
-def create_state(config, mesh, rules) -> tuple[ARTrainState, Any]:
-  """Initialise the MergeAR train state sharded on `mesh`. Returns (state, shardings)."""
-  return sharding.init_state(lambda: _init(config), mesh, rules)
-
-
-def graphdef(config) -> nnx.GraphDef:
-  return nnx.graphdef(nnx.eval_shape(lambda: MergeAR(config, rngs=nnx.Rngs(0))))
+from mergevq_jax.models.ar.blocks import cross_entropy
+from mergevq_jax.models.ar.merge_mask import attention_mask
+from mergevq_jax.models.ar.mergear import MergeAR
+from mergevq_jax.train.ar_state import ARTrainState, lr_schedule, optimizer
+from mergevq_jax.train.optim import ema_update, guarded_update, tree_all_finite
 
 
 def keep_index_of(keep: jax.Array, keep_values) -> jax.Array:
@@ -114,15 +64,10 @@ def make_train_step(config, graph: nnx.GraphDef) -> Callable:
     def apply(state: ARTrainState) -> ARTrainState:
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, state.ema,
-                         params) if t.ema_decay > 0 else state.ema
-      return state._replace(params=params, opt_state=opt_state, ema=ema,
-                            nonfinite=jnp.zeros_like(state.nonfinite))
+      ema = ema_update(state.ema, params, t.ema_decay) if t.ema_decay > 0 else state.ema
+      return state._replace(params=params, opt_state=opt_state, ema=ema)
 
-    def skip(state: ARTrainState) -> ARTrainState:
-      return state._replace(nonfinite=state.nonfinite + 1, skipped=state.skipped + 1)
-
-    new = jax.lax.cond(finite, apply, skip, state)._replace(step=state.step + 1)
+    new = guarded_update(state, finite, apply)
     metrics = {**metrics, "loss": value, "finite": finite.astype(jnp.float32),
                "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
     return new, metrics

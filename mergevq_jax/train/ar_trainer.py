@@ -1,6 +1,5 @@
-"""MergeAR (stage 2) training loop: code dataset -> sharded jitted step -> logs, sample
-grids, checkpoints. Same machinery as stage 1 (grain iterator, orbax checkpoints with the
-iterator state, JSONL + TensorBoard logger, SIGTERM handling, progress bar).
+"""Stage-2 training: MergeAR's `Stage` for the training loop (`loop.run`) on a codes
+dataset (`python -m mergevq_jax.tokenize`).
 
 `train(config, workdir)` runs (or resumes) a run and returns its summary, also written to
 <workdir>/summary.json. Every `train.sample_every` steps (and at the end) it samples
@@ -9,24 +8,18 @@ the tokenizer recorded in the codes manifest is available.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
 
-from mergevq_jax import config_mergear, sharding
+from mergevq_jax.checkpoint import MERGEAR_LAYOUT
+from mergevq_jax.config.mergear import validate_mergear_config
 from mergevq_jax.data import codes as codes_lib
-from mergevq_jax.pretrained import save_config
-from mergevq_jax.train import ar_step
-from mergevq_jax.train.checkpoint import MERGEAR_LAYOUT_VERSION, Checkpointer
-from mergevq_jax.train.logger import Logger, image_grid, to_uint8
-from mergevq_jax.train.trainer import Preemption, progress_bar
+from mergevq_jax.images import image_grid, to_uint8
+from mergevq_jax.train import ar_state, ar_step, loop
 
 
 def check_codes(config, dataset: codes_lib.CodeDataset) -> None:
@@ -49,14 +42,9 @@ def check_codes(config, dataset: codes_lib.CodeDataset) -> None:
 
 
 def check_train_config(config, mesh) -> codes_lib.CodeDataset:
-  config_mergear.validate_mergear_config(config)
-  t = config.train
-  dp = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-  if t.batch_size % dp or t.batch_size % jax.process_count():
-    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {dp} "
-                     f"data-parallel devices and the {jax.process_count()} hosts")
-  if t.steps < 1:
-    raise ValueError(f"train.steps must be positive, got {t.steps}")
+  """ValueError naming the key or file, before anything is compiled; the codes dataset."""
+  validate_mergear_config(config)
+  loop.check_train_common(config, mesh)
   if not config.data.codes_dir:
     raise ValueError("data.codes_dir is required (create one with `python -m mergevq_jax.tokenize`)")
   dataset = codes_lib.CodeDataset(config.data.codes_dir)
@@ -69,8 +57,8 @@ class SampleGrid:
 
   def __init__(self, config, dataset: codes_lib.CodeDataset):
     from mergevq_jax import pretrained
-    from mergevq_jax.models.mergear import MergeAR
-    from mergevq_jax.models.mergear_decode import Generator
+    from mergevq_jax.models.ar.mergear import MergeAR
+    from mergevq_jax.models.ar.decode import Generator
     from mergevq_jax.generation import check_pair, code_decoder
     from flax import nnx
     self.tokenizer, _, _ = pretrained.load_tokenizer(dataset.manifest["tokenizer_workdir"])
@@ -105,98 +93,73 @@ class SampleGrid:
                                       "sample/overflow": float(np.mean(overflow))}
 
 
+class ARStage(loop.Stage):
+  """The MergeAR train state on shuffled code batches, sample grids every sample_every."""
+
+  layout = MERGEAR_LAYOUT
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.dataset = check_train_config(config, self.mesh)
+    from mergevq_jax.data.pipeline import iterate, process_layout, shuffled_batches
+    pi, pc = process_layout(None, None)
+    self.iterator = iterate(shuffled_batches(self.dataset, config.train.batch_size // pc,
+                                             seed=config.seed, process_index=pi,
+                                             process_count=pc))
+    self.sampler = None
+    if config.train.sample_every and self.dataset.manifest.get("tokenizer_workdir"):
+      try:
+        self.sampler = SampleGrid(config, self.dataset)
+      except (ValueError, OSError) as e:
+        logging.warning("no sample grids: %s", e)
+        print(f"warning: no sample grids ({e})", file=sys.stderr)
+    self.first_loss = self.last = None
+    self.sample_stats = {}
+
+  def create_state(self):
+    return ar_state.create_state(self.config, self.mesh, self.rules)
+
+  def abstract_state(self):
+    return ar_state.abstract_state(self.config)
+
+  def make_step(self, shardings, batch_sharding):
+    jitted = ar_step.jit_train_step(
+        ar_step.make_train_step(self.config, ar_state.graphdef(self.config)), shardings,
+        batch_sharding, self.mesh)
+    return lambda state, batch, index: jitted(state, batch)
+
+  def device_batch(self, batch, batch_sharding):
+    return super().device_batch({k: np.asarray(v, np.int32) for k, v in batch.items()},
+                                batch_sharding)
+
+  def on_log(self, metrics):
+    self.first_loss = self.first_loss if self.first_loss is not None else metrics["loss"]
+    self.last = metrics
+    return dict(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.3f}")
+
+  def run_samples(self, state, step, logger):
+    params = state.ema if self.config.train.ema_decay > 0 else state.params
+    grid, self.sample_stats = self.sampler(params, step)
+    logger.image(step, "samples", grid)
+    logger.scalars(step, self.sample_stats)
+
+  def periodic(self, state, step, logger):
+    if self.sampler is not None and step % self.config.train.sample_every == 0:
+      self.run_samples(state, step, logger)
+
+  def finish(self, state, step, logger):
+    if self.sampler is not None:
+      self.run_samples(state, step, logger)
+
+  def summary(self, state, step: int, workdir: str):
+    last = self.last
+    return {"loss_first_log": self.first_loss, "loss_last_log": last["loss"] if last else None,
+            "acc_last_log": last["acc"] if last else None, "sequences": len(self.dataset),
+            "samples_png": (os.path.join(os.path.abspath(workdir), "samples.png")
+                            if self.sampler is not None else None),
+            **self.sample_stats}
+
+
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
   """Train (or resume) MergeAR until train.steps (or `stop_at`, checkpointed)."""
-  t0 = time.time()
-  mesh = sharding.mesh_from_config(config)
-  dataset = check_train_config(config, mesh)
-  from mergevq_jax.data.pipeline import iterate, process_layout, shuffled_batches
-  t = config.train
-  rules = sharding.rules_from_config(config)
-  save_config(workdir, config)
-  pi, pc = process_layout(None, None)
-  iterator = iterate(shuffled_batches(dataset, t.batch_size // pc, seed=config.seed,
-                                      process_index=pi, process_count=pc))
-  ckpt = Checkpointer(workdir, t.keep_ckpts, async_save=config.platform != "cpu",
-                      layout=MERGEAR_LAYOUT_VERSION)
-  start = 0
-  if ckpt.latest_step() is None:
-    state, shardings = ar_step.create_state(config, mesh, rules)
-  else:
-    abstract = ar_step.abstract_state(config)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    state, meta = ckpt.restore(abstract, shardings, iterator)
-    start = int(meta["step"])
-  batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
-  step_fn = ar_step.jit_train_step(ar_step.make_train_step(config, ar_step.graphdef(config)),
-                                   shardings, batch_sharding, mesh)
-  sampler = None
-  if t.sample_every and dataset.manifest.get("tokenizer_workdir"):
-    try:
-      sampler = SampleGrid(config, dataset)
-    except (ValueError, OSError) as e:
-      logging.warning("no sample grids: %s", e)
-      print(f"warning: no sample grids ({e})", file=sys.stderr)
-
-  logger = Logger(workdir)
-  preempt = Preemption()
-  bar = progress_bar(t.steps, start)
-  first_loss = last = None
-  sample_stats = {}
-
-  def put(batch):
-    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v, np.int32))
-            for k, v in batch.items()}
-
-  def run_samples(step):
-    nonlocal sample_stats
-    params = state.ema if t.ema_decay > 0 else state.params
-    grid, sample_stats = sampler(params, step)
-    logger.image(step, "samples", grid)
-    logger.scalars(step, sample_stats)
-
-  step = start
-  end = t.steps if stop_at is None else min(stop_at, t.steps)
-  try:
-    while step < end:
-      with sharding.use_mesh(mesh, rules):
-        state, metrics = step_fn(state, put(next(iterator)))
-      step += 1
-      if bar is not None:
-        bar.update(1)
-      if step % t.log_every == 0 or step == end:
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        first_loss = first_loss if first_loss is not None else last["loss"]
-        logger.scalars(step, {f"train/{k}": v for k, v in last.items()})
-        if bar is not None:
-          bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['acc']:.3f}")
-        if int(state.nonfinite) >= t.nan_patience:
-          raise FloatingPointError(
-              f"{int(state.nonfinite)} consecutive steps had non-finite loss or gradients "
-              f"(step {step}); the last good state is in the last checkpoint")
-      if sampler is not None and step % t.sample_every == 0 and step != end:
-        run_samples(step)
-      if step % t.ckpt_every == 0 or preempt.requested or step == end:
-        ckpt.save(step, state, iterator)
-      if preempt.requested:
-        print(f"SIGTERM: checkpoint written at step {step}, exiting", file=sys.stderr)
-        break
-  finally:
-    if bar is not None:
-      bar.close()
-  if sampler is not None and not preempt.requested:
-    run_samples(step)
-  ckpt.close()
-  summary = {
-      "workdir": os.path.abspath(workdir), "start_step": start, "steps": step,
-      "loss_first_log": first_loss, "loss_last_log": last["loss"] if last else None,
-      "acc_last_log": last["acc"] if last else None, "sequences": len(dataset),
-      "samples_png": (os.path.join(os.path.abspath(workdir), "samples.png")
-                      if sampler is not None else None),
-      **sample_stats, "skipped_steps": int(state.skipped), "preempted": preempt.requested,
-      "seconds": round(time.time() - t0, 1)}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
-  logger.close()
-  return summary
+  return loop.run(ARStage(config), workdir, stop_at)

@@ -1,6 +1,7 @@
 """Stage-1 loss terms as pure functions (weights are applied by the trainer).
 
-Shapes: images (B, H, W, 3); discriminator logits (B, h, w, 1); features (B, D).
+Shapes: images (B, H, W, 3); discriminator logits (B, h, w, 1); features (B, D);
+source-recovery logits (B, K, L).
 """
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from mergevq_jax.models import tome
 
 
 def pixel_loss(recon: jax.Array, target: jax.Array, kind: str = "l1") -> jax.Array:
@@ -65,9 +69,7 @@ def alignment_loss(student: jax.Array, teacher: jax.Array, temperature: float = 
   return jnp.mean(kl) * temperature ** 2
 
 
-def psnr(recon: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean PSNR in dB over the batch for images in [-1, 1] (clipped to the range)."""
-  x = (jnp.clip(recon.astype(jnp.float32), -1, 1) + 1) / 2
-  y = (jnp.clip(target.astype(jnp.float32), -1, 1) + 1) / 2
-  mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
-  return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)))
+def source_bce(logits: jax.Array, owner: jax.Array) -> jax.Array:
+  """Mean element-wise BCE between logits (B, K, L) and the true S from `owner` (B, L)."""
+  target = tome.source_matrix(owner, logits.shape[1])
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))

@@ -14,8 +14,10 @@ A 1 x 1 conv's kernel gradient (stride 1, no padding) is one matmul over the who
 for 64 -> 128 channels at 64 x 64, batch 4, 2.1 ms against XLA's 6.3 ms in isolation
 (24 ms inside the G+R training step).
 
-The custom path is taken only on the CPU backend, for plain NHWC/HWIO convs (no dilation,
-no feature groups); everything else is `lax`'s own conv.
+`conv_general_dilated_for(platform)` is what a layer passes to `nnx.Conv`: this module's
+conv for the config platform 'cpu', `lax.conv_general_dilated` for any other (cuDNN and
+TPU convs have fast kernel gradients of their own). The custom path is taken for plain
+NHWC/HWIO convs (no dilation, no feature groups); everything else is `lax`'s own conv.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+CPU = "cpu"  # the config platform whose convs take this module's kernel gradient
 _NHWC = ("NHWC", "HWIO", "NHWC")
 BAND_BYTES = 6 << 20  # patch bytes per scan step: fits in L2/L3 on typical CPUs
 # Up to this many output channels the band's matmul is written dy^T @ patches (the result
@@ -34,11 +37,16 @@ BAND_BYTES = 6 << 20  # patch bytes per scan step: fits in L2/L3 on typical CPUs
 DY_MAJOR_MAX_COUT = 128
 
 
+def conv_general_dilated_for(platform: str | None):
+  """The conv function for `nnx.Conv(conv_general_dilated=...)` on a config platform."""
+  return conv_general_dilated if platform == CPU else lax.conv_general_dilated
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
   """Same signature and result as `lax.conv_general_dilated`; see the module docstring."""
-  plain = (jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
+  plain = (lhs.ndim == 4 and feature_group_count == 1
            and _is_nhwc(dimension_numbers, lhs.ndim)
            and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
            and kwargs.get("preferred_element_type") is None

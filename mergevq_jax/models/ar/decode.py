@@ -1,5 +1,7 @@
 """MergeAR decoding: one jitted `lax.scan` over the L raster positions with the fixed-shape
 KV cache of `kv_cache` (prefix + K_cap kept slots + a ring of W, or the full causal cache).
+Each position runs the blocks as a `lax.scan` over the stacked layer parameters and the
+per-layer cache slabs, so the compiled program does not grow with depth.
 
 `teacher_forced_logits` feeds given codes (for the equivalence tests against the full
 forward under `merge_mask`); `generate` samples them, with classifier-free guidance as
@@ -20,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mergevq_jax.models import kv_cache
-from mergevq_jax.models.kv_cache import CacheLayout, CacheState
-from mergevq_jax.models.mergear import (PREFIX, LayerParams, MergeAR, attend, block_finish,
-                                        block_qkv, join_codes)
-from mergevq_jax.models.sampling import SamplingParams, guide, sample
+from mergevq_jax.models.ar import kv_cache
+from mergevq_jax.models.ar.blocks import attend, block_finish, block_qkv, join_codes
+from mergevq_jax.models.ar.kv_cache import CacheLayout, CacheState
+from mergevq_jax.models.ar.mergear import PREFIX, MergeAR
+from mergevq_jax.models.ar.sampling import SamplingParams, guide, sample
 
 
 class DecodeStats(NamedTuple):
@@ -32,27 +34,28 @@ class DecodeStats(NamedTuple):
   overflow: jax.Array          # (B,) int32 new codes that found the kept region full
 
 
-def unstack_layers(model: MergeAR) -> tuple[LayerParams, ...]:
-  stacked = model.layer_params()
-  return tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
-               for i in range(model.config.model.num_layers))
-
-
 def _step(model: MergeAR, layers, layout: CacheLayout, cache: CacheState, x: jax.Array,
           angles: jax.Array, slots: jax.Array, position) -> tuple[jax.Array, CacheState]:
   """Feed one token per row: x (R, 1, D) at raster `position` into `slots` (R,).
-  Returns the final-normed hidden state (R, D) and the cache."""
+  `layers` are the stacked LayerParams. Returns the final-normed hidden state (R, D) and
+  the cache."""
   eps = model.config.model.norm_eps
   cache = kv_cache.record_position(cache, slots, position)
   visible = kv_cache.visible_slots(layout, cache, position)[:, None, :]
-  ks, vs = [], []
-  for p, k_cache, v_cache in zip(layers, cache.k, cache.v):
+
+  # The whole (layers, ...) k/v buffers are the scan's carry, written in place one slab
+  # per layer: as scanned inputs and outputs they would be copied at every position.
+  def block(carry, inputs):
+    x, ks, vs = carry
+    p, layer = inputs
     q, k, v = block_qkv(p, x, angles, eps)
-    k_cache, v_cache = kv_cache.write_kv(k_cache, v_cache, slots, k[:, :, 0], v[:, :, 0])
-    x = block_finish(p, x, attend(q, k_cache, v_cache, visible), eps)
-    ks.append(k_cache)
-    vs.append(v_cache)
-  return model.final(x)[:, 0], cache._replace(k=tuple(ks), v=tuple(vs))
+    ks, vs = kv_cache.write_kv(ks, vs, layer, slots, k[:, :, 0], v[:, :, 0])
+    o = attend(q, ks[layer], vs[layer], visible)
+    return (block_finish(p, x, o, eps), ks, vs), None
+
+  (x, ks, vs), _ = jax.lax.scan(block, (x, cache.k, cache.v),
+                                (layers, jnp.arange(cache.k.shape[0])))
+  return model.final(x)[:, 0], cache._replace(k=ks, v=vs)
 
 
 def prefill(model: MergeAR, layers, layout: CacheLayout, class_ids: jax.Array,
@@ -94,7 +97,7 @@ def teacher_forced_logits(model: MergeAR, layout: CacheLayout, codes: jax.Array,
                           ) -> tuple[list[jax.Array], DecodeStats]:
   """Logits for every position from the cached scan decoder fed `codes` (B, L):
   one (B, L, 2^bits_k) array per sub-code, as `MergeAR.__call__` returns them."""
-  layers = unstack_layers(model)
+  layers = model.layer_params()
   h0, cache = prefill(model, layers, layout, class_ids, keep_index)
 
   def body(cache, inputs):
@@ -136,7 +139,7 @@ def generate(model: MergeAR, layout: CacheLayout, key: jax.Array, class_ids: jax
     class_ids = jnp.concatenate([class_ids, null])
     keep_index = jnp.concatenate([keep_index, keep_index])
   rows = lambda c: jnp.concatenate([c, c]) if guidance else c
-  layers = unstack_layers(model)
+  layers = model.layer_params()
   h0, cache = prefill(model, layers, layout, class_ids, keep_index)
 
   def body(carry, i):

@@ -18,9 +18,10 @@ import optax
 from flax import nnx
 
 from mergevq_jax import host_memory
-from mergevq_jax.models.recovery import source_bce
+from mergevq_jax.eval.metrics import psnr
 from mergevq_jax.train import losses
-from mergevq_jax.train.state import Graphs, TrainState, lr_schedule, optimizer
+from mergevq_jax.train.optim import ema_update, guarded_update, tree_all_finite
+from mergevq_jax.train.tokenizer_state import Graphs, TrainState, lr_schedule, optimizer
 
 
 class Frozen(NamedTuple):
@@ -28,11 +29,6 @@ class Frozen(NamedTuple):
   the step function their states (a pytree of arrays)."""
   lpips: Any = None
   teacher: Any = None
-
-
-def tree_all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
@@ -68,10 +64,10 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
       total += lo.align_weight * terms["align"]
     if model.recovery is not None:
       rec = model.recover_source(jax.lax.stop_gradient(enc.tokens))
-      terms["recovery_bce"] = source_bce(rec.logits, enc.owner)
+      terms["recovery_bce"] = losses.source_bce(rec.logits, enc.owner)
       terms["recovery_acc"] = jnp.mean(rec.owner == enc.owner)
       total += lo.recovery_weight * terms["recovery_bce"]
-    terms["psnr"] = losses.psnr(recon, images)
+    terms["psnr"] = psnr(recon, images)
     terms["g_total"] = total
     return total, (terms, jax.lax.stop_gradient(recon))
 
@@ -117,7 +113,7 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
     def apply(state: TrainState) -> TrainState:
       updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, state.ema, params)
+      ema = ema_update(state.ema, params, t.ema_decay)
       disc, disc_opt, lecam = state.disc, state.disc_opt_state, state.lecam
       if use_disc:
         d_updates, disc_opt = tx.update(jax.tree.map(lambda g: adv_on * g, d_grads),
@@ -126,15 +122,9 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
         new_lecam = losses.lecam_update(lecam, terms["d_real"], terms["d_fake"], lo.lecam_decay)
         lecam = jax.tree.map(lambda n, o: jnp.where(adv_on > 0, n, o), new_lecam, lecam)
       return state._replace(params=params, opt_state=opt_state, ema=ema, disc=disc,
-                            disc_opt_state=disc_opt, lecam=lecam,
-                            nonfinite=jnp.zeros_like(state.nonfinite))
+                            disc_opt_state=disc_opt, lecam=lecam)
 
-    def skip(state: TrainState) -> TrainState:
-      return state._replace(nonfinite=state.nonfinite + 1, skipped=state.skipped + 1)
-
-    # lax.cond, not a per-leaf jnp.where: the update is computed only when it is used,
-    # and XLA:CPU compiles the step ~3x faster (no all-gradient predicate in every fusion).
-    new = jax.lax.cond(finite, apply, skip, state)._replace(step=state.step + 1)
+    new = guarded_update(state, finite, apply)
     metrics = {**terms, "finite": finite.astype(jnp.float32), "lr": schedule(state.step),
                "g_grad_norm": optax.tree.norm(g_grads), "adv_on": adv_on}
     return new, metrics

@@ -1,7 +1,8 @@
 """Stage-1 train state: tokenizer and discriminator parameters, optimizer states, EMA.
 
 Everything is one pytree of arrays (nnx.State for parameters), created directly in its
-sharded layout and checkpointed whole. Frozen networks (LPIPS, teacher) are not part
+sharded layout; `params` and `ema` are checkpointed as items of their own
+(`mergevq_jax.checkpoint`), the rest as one more. Frozen networks (LPIPS, teacher) are not part
 of it: they are inputs of the step, loaded from user files.
 """
 from __future__ import annotations
@@ -54,7 +55,8 @@ def optimizer(config) -> optax.GradientTransformation:
 def _make_modules(config):
   tok = Tokenizer(config, rngs=nnx.Rngs(config.seed))
   disc = (PatchDiscriminator(config.disc.base_channels, config.disc.num_layers,
-                             rngs=nnx.Rngs(config.seed + 1)) if config.disc.enabled else None)
+                             rngs=nnx.Rngs(config.seed + 1), platform=config.platform)
+          if config.disc.enabled else None)
   return tok, disc
 
 

@@ -1,18 +1,20 @@
-"""Default MergeAR config (the schema every configs/mergear_*.py starts from) and checks.
+"""The MergeAR config (stage 'mergear'): the schema every configs/mergear_*.py starts from,
+and validation.
 
 A MergeAR config file does `config = mergear_defaults(); config.model.width = ...`.
 `validate_mergear_config` rejects unknown keys and values that cannot work, with a
-ValueError naming the key, before anything is traced.
+ValueError naming the key, before anything is traced; the model's own hyperparameter
+checks are `mergevq_jax.models.ar.mergear.check_hparams`.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from mergevq_jax.config_base import validate_common
+from mergevq_jax.config.common import validate_common
+from mergevq_jax.models.ar.mergear import check_hparams
 from mergevq_jax.sharding import DEFAULT_RULES
 
 STAGE = "mergear"
-ATTENTION_KINDS = ("merge", "causal")
 
 
 def llama_ffn_dim(width: int, multiple_of: int = 256) -> int:
@@ -85,36 +87,11 @@ def mergear_defaults() -> ml_collections.ConfigDict:
   return c
 
 
-def is_mergear_config(config) -> bool:
-  return config.get("stage", "") == STAGE
-
-
-def num_positions(m) -> int:
-  return int(m.grid[0]) * int(m.grid[1])
-
-
 def validate_mergear_config(config) -> None:
   """ValueError naming the first problem; None if the config is usable."""
-  validate_common(config, mergear_defaults(), "mergevq_jax/config_mergear.py:mergear_defaults")
-  m = config.model
-  if m.width % m.num_heads:
-    raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
-  if (m.width // m.num_heads) % 4:
-    raise ValueError(f"head dim {m.width // m.num_heads} must be a multiple of 4 for 2D RoPE "
-                     f"(model.width / model.num_heads)")
-  if sum(m.sub_code_bits) != m.code_bits or min(m.sub_code_bits) < 1:
-    raise ValueError(f"model.sub_code_bits={tuple(m.sub_code_bits)} must be positive and sum "
-                     f"to model.code_bits={m.code_bits}")
-  if m.attention not in ATTENTION_KINDS:
-    raise ValueError(f"model.attention must be one of {ATTENTION_KINDS}, got {m.attention!r}")
-  if m.window < 1:
-    raise ValueError(f"model.window must be >= 1, got {m.window}")
-  L = num_positions(m)
-  if not m.keep_values or any(not 1 <= k <= L for k in m.keep_values):
-    raise ValueError(f"model.keep_values={tuple(m.keep_values)} must be non-empty and within "
-                     f"[1, L={L}]")
-  if m.num_classes < 1:
-    raise ValueError(f"model.num_classes must be >= 1, got {m.num_classes}")
+  validate_common(config, mergear_defaults(),
+                  "mergevq_jax/config/mergear.py:mergear_defaults")
+  check_hparams(config)
   t = config.train
   if t.schedule not in ("constant", "cosine"):
     raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")

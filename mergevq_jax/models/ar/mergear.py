@@ -7,127 +7,60 @@ SwiGLU FFN, no biases. Layers are stacked along a leading 'layers' axis and run 
 `lax.scan` (optionally rematerialised).
 
 The 2^18 vocabulary is factorised into sub-codes (most significant bits first, see
-`split_codes`): the input embedding is the sum of one embedding per sub-code, and the
+`blocks.split_codes`): the input embedding is the sum of one embedding per sub-code, and the
 output is one head per sub-code predicted in order, head k seeing the final hidden state
 plus embeddings of the sub-codes before it. p(c) = prod_k p(s_k | s_<k, context).
 
 Shapes: codes (B, L) int32 in [0, 2^bits); class ids (B,) int32, the null class (for
 classifier-free guidance) is `num_classes`; keep index (B,) int32 into `keep_values`.
 The attention mask over code positions comes from `merge_mask`; the cached decoder in
-`mergear_decode` computes with the same block functions.
+`decode` computes with the same block functions (`blocks`). The module reads
+`config.model` and `config.dtype`; the config schema is `mergevq_jax.config.mergear`.
 """
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mergevq_jax import config_mergear
-from mergevq_jax.models.merge_mask import sequence_mask
-from mergevq_jax.sharding import axes, constrain
+from mergevq_jax.models.ar.blocks import LayerParams, block_forward, rms_norm, rope_angles, split_codes
+from mergevq_jax.models.ar.merge_mask import sequence_mask
+from mergevq_jax.sharding import axes
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PREFIX = 2  # class token, merge-instruction token
+ATTENTION_KINDS = ("merge", "causal")
 
 
-def split_codes(codes: jax.Array, sub_code_bits) -> list[jax.Array]:
-  """Code indices -> sub-codes, most significant bits first: [(...,) int32, ...]."""
-  out, shift = [], sum(sub_code_bits)
-  for bits in sub_code_bits:
-    shift -= bits
-    out.append((codes >> shift) & ((1 << bits) - 1))
-  return out
+def num_positions(m) -> int:
+  """L, the code positions of model config `m` (rows x cols of the code grid)."""
+  return int(m.grid[0]) * int(m.grid[1])
 
 
-def join_codes(sub_codes, sub_code_bits) -> jax.Array:
-  """Inverse of `split_codes`."""
-  code = jnp.zeros_like(sub_codes[0])
-  for sub, bits in zip(sub_codes, sub_code_bits):
-    code = (code << bits) | sub
-  return code
-
-
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-  x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return (y * scale).astype(x.dtype)
-
-
-def rope_angles(grid: tuple[int, int], head_dim: int, base: float) -> jax.Array:
-  """(L, head_dim // 2) rotation angles of LlamaGen's 2D RoPE for raster positions: the
-  first head_dim/4 pairs rotate with the row, the next head_dim/4 with the column."""
-  quarter = head_dim // 4
-  freqs = 1.0 / base ** (jnp.arange(quarter, dtype=jnp.float32) * 2 / (head_dim // 2))
-  rows, cols = jnp.meshgrid(jnp.arange(grid[0], dtype=jnp.float32),
-                            jnp.arange(grid[1], dtype=jnp.float32), indexing="ij")
-  return jnp.concatenate([rows.reshape(-1, 1) * freqs, cols.reshape(-1, 1) * freqs], axis=-1)
-
-
-def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
-  """Rotate interleaved pairs (x[2i], x[2i+1]): x (B, T, H, Dh), angles (B or 1, T, Dh/2)."""
-  x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
-  a, b = x32[..., 0], x32[..., 1]
-  return jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(x.shape).astype(
-      x.dtype)
-
-
-class LayerParams(NamedTuple):
-  """One block's parameter arrays (or all blocks', stacked on a leading layers axis)."""
-  attn_norm: jax.Array   # (D,)
-  wqkv: jax.Array        # (D, 3, H, Dh)
-  wo: jax.Array          # (H, Dh, D)
-  ffn_norm: jax.Array    # (D,)
-  w13: jax.Array         # (D, 2, F): SwiGLU gate and up projections
-  w2: jax.Array          # (F, D)
-
-
-def block_qkv(p: LayerParams, x: jax.Array, angles: jax.Array, eps: float
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """x (B, T, D) -> rotated q, k and v, each heads-major (B, H, T, Dh).
-
-  Projections are plain 2-D matmuls on the (D, 3*H*Dh) view of the kernel: with the
-  multi-axis einsum, XLA:CPU transposed the kernels inside the decode loop, every step.
-  """
-  b, t, d = x.shape
-  heads, head_dim = p.wo.shape[0], p.wo.shape[1]
-  h = rms_norm(x, p.attn_norm, eps).reshape(b * t, d)
-  qkv = (h @ p.wqkv.reshape(d, -1).astype(x.dtype)).reshape(b, t, 3, heads, head_dim)
-  q, k = apply_rope(qkv[:, :, 0], angles), apply_rope(qkv[:, :, 1], angles)
-  q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, qkv[:, :, 2]))
-  return constrain(q, ("batch", "act_heads", "length", None)), k, v
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
-  """Softmax attention in float32: q (B, H, T, Dh), k/v (B, H, S, Dh), visible (B, T, S)
-  bool -> (B, H, T, Dh). Every query row must see at least one key (the prefix)."""
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bhtc,bhsc->bhts", q, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(visible[:, None], logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bhsc->bhtc", weights, v)
-
-
-def block_finish(p: LayerParams, x: jax.Array, o: jax.Array, eps: float) -> jax.Array:
-  """Attention output (B, H, T, Dh) projection + residual, then the SwiGLU FFN residual."""
-  b, t, d = x.shape
-  o = jnp.swapaxes(o, 1, 2).reshape(b * t, -1)
-  x = x + (o @ p.wo.reshape(-1, d).astype(x.dtype)).reshape(b, t, d)
-  h = rms_norm(x, p.ffn_norm, eps).reshape(b * t, d)
-  gate_up = (h @ p.w13.reshape(d, -1).astype(x.dtype)).reshape(b * t, 2, -1)
-  hidden = jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1]
-  hidden = constrain(hidden.reshape(b, t, -1), ("batch", "length", "act_mlp"))
-  return constrain(x + hidden @ p.w2.astype(x.dtype), ("batch", "length", "act_embed"))
-
-
-def block_forward(p: LayerParams, x: jax.Array, angles: jax.Array, visible: jax.Array,
-                  eps: float) -> jax.Array:
-  """One block over a whole sequence: x (B, T, D), visible (B, T, T)."""
-  q, k, v = block_qkv(p, x, angles, eps)
-  return block_finish(p, x, attend(q, k, v, visible), eps)
+def check_hparams(config) -> None:
+  """ValueError naming the first model hyperparameter that cannot work."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config.dtype must be one of {tuple(DTYPES)}, got {config.dtype!r}")
+  m = config.model
+  if m.width % m.num_heads:
+    raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
+  if (m.width // m.num_heads) % 4:
+    raise ValueError(f"head dim {m.width // m.num_heads} must be a multiple of 4 for 2D RoPE "
+                     f"(model.width / model.num_heads)")
+  if sum(m.sub_code_bits) != m.code_bits or min(m.sub_code_bits) < 1:
+    raise ValueError(f"model.sub_code_bits={tuple(m.sub_code_bits)} must be positive and sum "
+                     f"to model.code_bits={m.code_bits}")
+  if m.attention not in ATTENTION_KINDS:
+    raise ValueError(f"model.attention must be one of {ATTENTION_KINDS}, got {m.attention!r}")
+  if m.window < 1:
+    raise ValueError(f"model.window must be >= 1, got {m.window}")
+  L = num_positions(m)
+  if not m.keep_values or any(not 1 <= k <= L for k in m.keep_values):
+    raise ValueError(f"model.keep_values={tuple(m.keep_values)} must be non-empty and within "
+                     f"[1, L={L}]")
+  if m.num_classes < 1:
+    raise ValueError(f"model.num_classes must be >= 1, got {m.num_classes}")
 
 
 def _param(value, *names):
@@ -137,7 +70,7 @@ def _param(value, *names):
 class MergeAR(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs):
-    config_mergear.validate_mergear_config(config)
+    check_hparams(config)
     config = ml_collections.FrozenConfigDict(config)
     self.config = config
     m = config.model
@@ -169,7 +102,7 @@ class MergeAR(nnx.Module):
   # ------------------------------------------------------------------ geometry
   @property
   def num_positions(self) -> int:
-    return config_mergear.num_positions(self.config.model)
+    return num_positions(self.config.model)
 
   @property
   def keep_values(self) -> tuple[int, ...]:
@@ -246,20 +179,3 @@ class MergeAR(nnx.Module):
     visible = sequence_mask(code_mask[:, :L - 1, :L - 1], PREFIX)
     h = self.run_layers(x, self.input_angles(L - 1), visible)
     return self.teacher_logits(h[:, PREFIX - 1:], codes)
-
-
-def cross_entropy(logits: list[jax.Array], codes: jax.Array, sub_code_bits
-                  ) -> tuple[jax.Array, dict]:
-  """Mean over positions of -log p(code) = sum of the sub-code cross-entropies (nats).
-  Returns (loss, {'ce_k': ..., 'acc_k': ..., 'acc': whole-code accuracy})."""
-  subs = split_codes(codes, sub_code_bits)
-  total, metrics, all_right = 0.0, {}, True
-  for k, (lg, s) in enumerate(zip(logits, subs)):
-    logp = jax.nn.log_softmax(lg, axis=-1)
-    ce = -jnp.mean(jnp.take_along_axis(logp, s[..., None], axis=-1))
-    right = jnp.argmax(lg, axis=-1) == s
-    metrics[f"ce_{k}"], metrics[f"acc_{k}"] = ce, jnp.mean(right)
-    all_right = all_right & right
-    total = total + ce
-  metrics["acc"] = jnp.mean(all_right)
-  return total, metrics

@@ -1,55 +1,23 @@
-"""Default tokenizer config (the schema every config file starts from) and its validation.
+"""The tokenizer config (stage 'tokenizer'): the schema every configs/tokenizer_*.py starts
+from, the K-candidate helpers, and validation.
 
 A config file does `config = tokenizer_defaults(); config.model.ch = ...; return config`.
 `validate_config` rejects keys that are not in the schema (typos) and values that cannot
-work, with a ValueError naming the key, before anything is traced or compiled.
+work, with a ValueError naming the key, before anything is traced or compiled; the
+model's own hyperparameter checks are `mergevq_jax.models.tokenizer.check_hparams`.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import ml_collections
 
-from mergevq_jax.models import tome
+from mergevq_jax.config.common import validate_common
+from mergevq_jax.models.tokenizer import check_hparams
 from mergevq_jax.sharding import DEFAULT_RULES
 
-# What each platform preset sets: compute dtype, attention implementation, mesh.
-PLATFORM_PRESETS = {
-    "cpu": dict(dtype="float32", attention_impl="xla", mesh_shape=(-1, 1, 1)),
-    "gpu": dict(dtype="bfloat16", attention_impl="cudnn", mesh_shape=(-1, 1, 1)),
-    "tpu": dict(dtype="bfloat16", attention_impl="xla", mesh_shape=(1, -1, 1)),
-}
-PLATFORMS = tuple(PLATFORM_PRESETS)
+STAGE = "tokenizer"
 
-
-def apply_platform(config: ml_collections.ConfigDict, platform: str | None
-                   ) -> ml_collections.ConfigDict:
-  """Set the platform preset (`--config=configs/x.py:gpu`); None or '' keeps the config.
-  Configs without model.attention_impl (MergeAR) take the dtype and mesh only."""
-  if not platform:
-    return config
-  if platform not in PLATFORM_PRESETS:
-    raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-  preset = PLATFORM_PRESETS[platform]
-  config.platform = platform
-  config.dtype = preset["dtype"]
-  if "attention_impl" in config.model:
-    config.model.attention_impl = preset["attention_impl"]
-  config.sharding.mesh_shape = preset["mesh_shape"]
-  return config
-
-
-def load_config_file(path: str, platform: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(platform)` of a config file given by path (configs/*.py)."""
-  import importlib.util
-  if not os.path.isfile(path):
-    raise ValueError(f"config file {path!r} not found")
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(platform)
 
 
 def keep_candidates(num_keep: int, count: int) -> tuple[int, ...]:
@@ -68,6 +36,7 @@ def keep_probs(count: int, std: float = 0.5, floor: float = 0.05) -> tuple[float
 def tokenizer_defaults() -> ml_collections.ConfigDict:
   """The G+R tokenizer (ImageNet 256x256, K=144) with every key the code reads."""
   c = ml_collections.ConfigDict()
+  c.stage = STAGE
   c.seed = 0
   c.platform = "cpu"
   c.dtype = "float32"          # compute dtype: float32 or bfloat16 (parameters stay float32)
@@ -173,77 +142,13 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   return c
 
 
-def _diff_keys(cfg, ref, prefix="") -> list[str]:
-  unknown = []
-  for key in cfg.keys():
-    path = f"{prefix}{key}"
-    if key not in ref:
-      unknown.append(path)
-    elif isinstance(cfg[key], ml_collections.ConfigDict):
-      if isinstance(ref[key], ml_collections.ConfigDict):
-        unknown += _diff_keys(cfg[key], ref[key], path + ".")
-  return unknown
-
-
-def downsample_factor(m) -> int:
-  return 2 ** (len(m.ch_mult) - 1) if m.encoder_type == "cnn" else m.patch_size
-
-
-def encoder_width(m) -> int:
-  return m.ch * m.ch_mult[-1] if m.encoder_type == "cnn" else m.width
-
-
-def num_tokens(m, image_size: int | None = None) -> int:
-  side = (image_size or m.image_size) // downsample_factor(m)
-  return side * side
-
-
-def validate_common(config, defaults: ml_collections.ConfigDict, schema: str) -> None:
-  """Checks every config kind shares: no key outside `defaults` (named by `schema`, e.g.
-  'mergevq_jax/config_base.py:tokenizer_defaults'), platform, dtype, mesh shape."""
-  unknown = _diff_keys(config, defaults)
-  if unknown:
-    raise ValueError(f"config key(s) {unknown} do not exist; see {schema} for the schema")
-  if config.platform not in PLATFORMS:
-    raise ValueError(f"config.platform must be one of {PLATFORMS}, got {config.platform!r}")
-  if config.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-  if len(config.sharding.mesh_shape) != 3:
-    raise ValueError(f"sharding.mesh_shape needs 3 entries (data, fsdp, tensor), "
-                     f"got {config.sharding.mesh_shape}")
-
-
 def validate_config(config) -> None:
   """ValueError naming the first problem; returns None if the config is usable."""
   validate_common(config, tokenizer_defaults(),
-                  "mergevq_jax/config_base.py:tokenizer_defaults")
+                  "mergevq_jax/config/tokenizer.py:tokenizer_defaults")
+  check_hparams(config)
   m = config.model
-  if m.encoder_type not in ("cnn", "vit"):
-    raise ValueError(f"model.encoder_type must be 'cnn' or 'vit', got {m.encoder_type!r}")
-  f = downsample_factor(m)
-  if m.image_size % f:
-    raise ValueError(f"model.image_size={m.image_size} is not divisible by the downsampling "
-                     f"factor {f}")
-  for key, width, heads in (("num_heads", encoder_width(m), m.num_heads),
-                            ("decoder_num_heads", m.ch * m.ch_mult[-1], m.decoder_num_heads)):
-    if width % heads:
-      raise ValueError(f"model.{key}={heads} does not divide the width {width}")
-  bad = [w for w in [m.ch * k for k in m.ch_mult] + [encoder_width(m)] if w % 32]
-  if bad:
-    raise ValueError(f"channel widths {bad} (model.ch * ch_mult, encoder width) are not "
-                     f"divisible by the 32 GroupNorm groups")
-  L = num_tokens(m)
-  for k in (m.num_keep,) + tuple(m.keep_candidates):
-    try:
-      tome.merge_schedule(m.num_layers, L, int(k))
-    except ValueError as e:
-      raise ValueError(f"model.num_keep / keep_candidates: {e}") from None
   if len(m.keep_probs) != len(m.keep_candidates):
     raise ValueError("model.keep_probs must have one entry per model.keep_candidates")
   if m.keep_probs and not math.isclose(sum(m.keep_probs), 1.0, abs_tol=1e-3):
     raise ValueError(f"model.keep_probs must sum to 1, got {sum(m.keep_probs)}")
-  if m.align_head not in ("", "layer3", "layer2_ln"):
-    raise ValueError(f"model.align_head must be '', 'layer3' or 'layer2_ln', got {m.align_head!r}")
-  if config.quantizer.entropy_mode not in ("exact", "bit_groups"):
-    raise ValueError(f"quantizer.entropy_mode must be 'exact' or 'bit_groups', "
-                     f"got {config.quantizer.entropy_mode!r}")

@@ -1,0 +1,151 @@
+"""Run directories: the config beside the checkpoints, and orbax checkpoints of a train
+state, its data iterator and run metadata.
+
+Layout: <workdir>/config.json and <workdir>/checkpoints/<step>/{params, ema, train, meta,
+data}. A train state is a NamedTuple with `params` and `ema` fields (the model weights
+and their EMA) and any others (optimizer states, counters): the two weight fields are
+checkpoint items of their own, so `restore_weights` reads one of them without building
+the optimizer states (`mergevq_jax.pretrained`). `meta` carries the layout tag and the
+step, and is read first: a checkpoint written by another layout is a clear error, never a
+misread. Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a crash or kill never leaves a half-written checkpoint that `latest_step()`
+would offer. Restoring goes through abstract targets with shardings, so a checkpoint
+restores onto any mesh.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+# Layout tags, one per stage (v1: the whole train state as one 'state' item).
+LAYOUTS = {"tokenizer": "mergevq_jax.tokenizer.v2", "mergear": "mergevq_jax.mergear.v2"}
+TOKENIZER_LAYOUT, MERGEAR_LAYOUT = LAYOUTS["tokenizer"], LAYOUTS["mergear"]
+WEIGHTS = ("params", "ema")   # train-state fields saved as items of their own
+
+
+def save_config(workdir: str, config) -> None:
+  """Write <workdir>/config.json atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was started with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(f"{path} not found: {workdir!r} is not a mergevq_jax run directory")
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(tree):
+  """JSON lists back to tuples (configs use tuples for sequences)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def _data_args(iterator, save: bool):
+  if iterator is None:
+    return None
+  import grain
+  return grain.checkpoint.CheckpointSave(iterator) if save else grain.checkpoint.CheckpointRestore(iterator)
+
+
+def _targets(abstract: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _split(state) -> tuple[dict, dict]:
+  """A train state -> ({params, ema}, {every other field})."""
+  fields = state._asdict()
+  return ({k: fields[k] for k in WEIGHTS}, {k: v for k, v in fields.items() if k not in WEIGHTS})
+
+
+def _has_leaves(tree) -> bool:
+  return bool(jax.tree.leaves(tree))
+
+
+class Checkpointer:
+  """Orbax CheckpointManager of <workdir>/checkpoints for train states of one layout."""
+
+  def __init__(self, workdir: str, keep: int, async_save: bool = False,
+               layout: str = TOKENIZER_LAYOUT):
+    self.layout = layout
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, iterator=None, meta: dict | None = None,
+           force: bool = False) -> None:
+    weights, rest = _split(state)
+    items = {name: ocp.args.StandardSave(tree) for name, tree in weights.items()
+             if _has_leaves(tree)}   # MergeAR without EMA has ema = {}
+    items["train"] = ocp.args.StandardSave(rest)
+    items["meta"] = ocp.args.JsonSave({"layout": self.layout, "step": int(step), **(meta or {})})
+    data = _data_args(iterator, save=True)
+    if data is not None:
+      items["data"] = data
+    self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+  def _step_and_meta(self, step: int | None) -> tuple[int, dict]:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise ValueError(f"no checkpoint in {self.directory}")
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta.get("layout") != self.layout:
+      raise ValueError(f"checkpoint {self.directory}/{step} has layout {meta.get('layout')!r}, "
+                       f"this code reads {self.layout!r}: it was written by another version "
+                       f"of mergevq_jax (or for another stage) and cannot be restored")
+    return step, meta
+
+  def restore(self, abstract_state: Any, shardings: Any, iterator=None,
+              step: int | None = None) -> tuple[Any, dict]:
+    """Restore (state placed per `shardings`, meta); the iterator is restored in place."""
+    step, meta = self._step_and_meta(step)
+    weights, rest = _split(abstract_state)
+    weight_shardings, rest_shardings = _split(shardings)
+    items = {name: ocp.args.StandardRestore(_targets(tree, weight_shardings[name]))
+             for name, tree in weights.items() if _has_leaves(tree)}
+    items["train"] = ocp.args.StandardRestore(_targets(rest, rest_shardings))
+    data = _data_args(iterator, save=False)
+    if data is not None:
+      items["data"] = data
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    restored = {name: out[name] if name in items else tree for name, tree in weights.items()}
+    return type(abstract_state)(**restored, **out["train"]), meta
+
+  def restore_weights(self, field: str, abstract: Any, shardings: Any,
+                      step: int | None = None) -> tuple[Any, dict]:
+    """Only the `field` ('params' or 'ema') item, placed per `shardings`: (weights, meta)."""
+    if field not in WEIGHTS:
+      raise ValueError(f"field must be one of {WEIGHTS}, got {field!r}")
+    step, meta = self._step_and_meta(step)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        **{field: ocp.args.StandardRestore(_targets(abstract, shardings))}))
+    return out[field], meta
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
