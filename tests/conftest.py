@@ -1,10 +1,22 @@
+import atexit
+import os
 import pathlib
+import shutil
+import tempfile
 
-import jax
-import pytest
-from flax import nnx
+# One persistent XLA compilation cache per test session, shared with the subprocesses the
+# tests start: runs that rebuild the same step (resume tests, CLIs, 8-device workers)
+# load the executable instead of compiling it again. Nothing outlives the session.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="mergevq_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 
-from mergevq_jax.config import load_config_file
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from mergevq_jax.config import load_config_file  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
