@@ -80,7 +80,7 @@ def make_loop_fns(graphdef, layout):
   @jax.jit
   def start(state, class_ids, keep_index):
     model = nnx.merge(graphdef, state)
-    layers = model.layer_params()
+    layers = md.decoder_layers(model)
     h, cache = md.prefill(model, layers, layout, class_ids, keep_index)
     return layers, h, cache
 

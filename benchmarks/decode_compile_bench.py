@@ -1,10 +1,14 @@
 """Compile cost of MergeAR's jitted decoder per model depth: HLO size and compile time of
 `make_generate_fn` (pruned and full cache, no guidance) for mergear_tiny, _b and _l.
 
-  python benchmarks/decode_compile_bench.py [--configs mergear_tiny,mergear_b] [--json out.json]
+  python benchmarks/decode_compile_bench.py [--configs mergear_tiny,mergear_b] \
+      [--platforms cpu,tpu] [--json out.json]
 
-The decoder scans over the stacked layers, so its program should not grow with depth.
-Each config compiles in its own process (batch 1, K = the middle merge instruction).
+On the 'gpu' and 'tpu' platforms the decoder scans over the stacked layers, so its
+program should not grow with depth; on 'cpu' it unrolls them (`decode.scans_layers`).
+`--platforms` sets config.platform only (dtype stays float32), so this CPU compiles both
+programs. Each case compiles in its own process (batch 1, K = the middle merge
+instruction).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_utils import header, load_config, print_table, run_case  # noqa: E402
 
 
-def case(name: str) -> dict:
+def case(name: str, platform: str) -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -28,6 +32,7 @@ def case(name: str) -> dict:
   from mergevq_jax.models.ar.sampling import SamplingParams
 
   cfg = load_config(name)
+  cfg.platform = platform
   graphdef, state = nnx.split(nnx.eval_shape(lambda: MergeAR(cfg, rngs=nnx.Rngs(0))))
   m = cfg.model
   keep = sorted(m.keep_values)[len(m.keep_values) // 2]
@@ -46,22 +51,24 @@ def case(name: str) -> dict:
     rows[mode] = {"hlo_kb": round(len(hlo) / 1024, 1),
                   "compiled_hlo_kb": round(len(compiled.as_text()) / 1024, 1),
                   "compile_s": round(seconds, 2)}
-  return {"config": name, "layers": m.num_layers, "width": m.width, **{
+  return {"config": name, "platform": platform, "layers": m.num_layers, "width": m.width, **{
       f"{mode}_{k}": v for mode, r in rows.items() for k, v in r.items()}}
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--configs", default="mergear_tiny,mergear_b,mergear_l")
+  p.add_argument("--platforms", default="cpu,tpu")
   p.add_argument("--json", default="")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.case:
-    print(json.dumps(case(a.case)))
+    print(json.dumps(case(*a.case.split(":"))))
     return
   print(header())
-  rows = [run_case(__file__, [name]) for name in a.configs.split(",")]
-  print_table("MergeAR decoder compile cost (batch 1, no guidance)", rows, ["config", "layers", "width", "merge_hlo_kb", "merge_compiled_hlo_kb",
+  rows = [run_case(__file__, [f"{name}:{platform}"]) for platform in a.platforms.split(",")
+          for name in a.configs.split(",")]
+  print_table("MergeAR decoder compile cost (batch 1, no guidance)", rows, ["config", "platform", "layers", "width", "merge_hlo_kb", "merge_compiled_hlo_kb",
                      "merge_compile_s", "causal_hlo_kb", "causal_compiled_hlo_kb",
                      "causal_compile_s"])
   if a.json:

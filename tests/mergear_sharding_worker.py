@@ -36,22 +36,25 @@ def run(graphdef, state, codes, cls, keep, key):
 
 def main():
   assert jax.device_count() == 8, jax.devices()
-  make = lambda: randomized(MergeAR(small_config(num_heads=4), rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(make())
   codes = jax.random.randint(jax.random.key(0), (8, L), 0, VOCAB)
   cls = jnp.arange(8, dtype=jnp.int32)
   keep = jnp.arange(8, dtype=jnp.int32) % 2
   key = jax.random.key(4)
-  ref = run(graphdef, state, codes, cls, keep, key)
   results = {}
-  for shape in [(2, 2, 2)]:          # batch over data x fsdp, heads and FFN over tensor
-    mesh = sharding.make_mesh(shape)
+  # 'cpu': layers unrolled over per-layer cache slabs; 'tpu': a scan over the stacked
+  # layers and cache (logical axes cache_batch, cache_heads, ...), compiled here on CPU.
+  for platform, shape in [("cpu", (2, 2, 2)), ("tpu", (2, 2, 2))]:
+    make = lambda: randomized(MergeAR(small_config(platform, num_heads=4), rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(make())
+    ref = run(graphdef, state, codes, cls, keep, key)
+    mesh = sharding.make_mesh(shape)   # batch over data x fsdp, heads and FFN over tensor
     rules = sharding.DEFAULT_RULES
     g2, st2 = sharding.init_sharded(make, mesh, rules)
     with sharding.use_mesh(mesh, rules):
       out = run(g2, st2, *sharding.shard_batch((codes, cls, keep), mesh, rules), key)
     wqkv = st2["layers"]["wqkv"][...]
-    results["x".join(map(str, shape))] = {
+    name = "x".join(map(str, shape)) + ("" if platform == "cpu" else "-scan")
+    results[name] = {
         "logits_max_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                                for a, b in zip(out[0], ref[0])),
         "stats_equal": all(np.array_equal(a, b) for a, b in zip(out[1], ref[1])),

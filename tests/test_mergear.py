@@ -22,8 +22,10 @@ L = 16          # 4 x 4 code grid
 VOCAB = 12      # codes drawn from a small range so that they repeat
 
 
-def small_config(**model):
+def small_config(platform="cpu", **model):
+  """platform 'cpu': the decoder unrolls its layers; 'tpu': it scans over them."""
   c = mergear_defaults()
+  c.platform = platform
   m = c.model
   m.width, m.num_layers, m.num_heads, m.ffn_dim = 32, 2, 2, 64
   m.grid, m.keep_values, m.num_classes = (4, 4), (4, 8), 10
@@ -43,8 +45,13 @@ def randomized(model: MergeAR, scale: float = 0.5, seed: int = 1) -> MergeAR:
 
 
 @pytest.fixture(scope="module")
-def model():
-  return randomized(MergeAR(small_config(), rngs=nnx.Rngs(0)))
+def model(request):
+  """The small MergeAR; indirect parametrization picks the platform (default 'cpu')."""
+  platform = getattr(request, "param", "cpu")
+  return randomized(MergeAR(small_config(platform), rngs=nnx.Rngs(0)))
+
+
+BOTH_DECODERS = pytest.mark.parametrize("model", ["cpu", "tpu"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +100,7 @@ def max_diff(a, b):
 
 
 @pytest.mark.parametrize("window, keep_cap", [(1, 16), (3, 5), (4, 2), (16, 16)])
+@BOTH_DECODERS
 def test_cached_decoder_equals_masked_forward(model, batch, window, keep_cap):
   codes, cls, keep = batch
   full = model(codes, cls, keep, mm.merge_mask(codes, window, keep_cap))
@@ -110,6 +118,7 @@ def test_cached_decoder_equals_masked_forward(model, batch, window, keep_cap):
     assert max_diff(wrong, cached) > 1e-2
 
 
+@BOTH_DECODERS
 def test_causal_cache_equals_causal_forward(model, batch):
   codes, cls, keep = batch
   full = model(codes, cls, keep, mm.causal_mask(3, L))
@@ -146,6 +155,7 @@ def argmax_chain(model, cls, keep, window, keep_cap):
   return codes
 
 
+@BOTH_DECODERS
 def test_greedy_decode_equals_argmax_chain(model, batch):
   _, cls, keep = batch
   gen = md.Generator(model, window=3)

@@ -1,7 +1,8 @@
 """MergeAR decoding: one jitted `lax.scan` over the L raster positions with the fixed-shape
 KV cache of `kv_cache` (prefix + K_cap kept slots + a ring of W, or the full causal cache).
-Each position runs the blocks as a `lax.scan` over the stacked layer parameters and the
-per-layer cache slabs, so the compiled program does not grow with depth.
+On the 'gpu' and 'tpu' platforms each position runs the blocks as a `lax.scan` over the
+stacked layer parameters and cache slabs, so the compiled program does not grow with
+depth; on 'cpu' the layers are unrolled (`scans_layers`).
 
 `teacher_forced_logits` feeds given codes (for the equivalence tests against the full
 forward under `merge_mask`); `generate` samples them, with classifier-free guidance as
@@ -37,25 +38,55 @@ class DecodeStats(NamedTuple):
 def _step(model: MergeAR, layers, layout: CacheLayout, cache: CacheState, x: jax.Array,
           angles: jax.Array, slots: jax.Array, position) -> tuple[jax.Array, CacheState]:
   """Feed one token per row: x (R, 1, D) at raster `position` into `slots` (R,).
-  `layers` are the stacked LayerParams. Returns the final-normed hidden state (R, D) and
-  the cache."""
+  `layers`: from `decoder_layers`. Returns the final-normed hidden state (R, D) and the
+  cache."""
   eps = model.config.model.norm_eps
   cache = kv_cache.record_position(cache, slots, position)
   visible = kv_cache.visible_slots(layout, cache, position)[:, None, :]
 
-  # The whole (layers, ...) k/v buffers are the scan's carry, written in place one slab
-  # per layer: as scanned inputs and outputs they would be copied at every position.
-  def block(carry, inputs):
-    x, ks, vs = carry
-    p, layer = inputs
+  def block(x, p, k_cache, v_cache):
     q, k, v = block_qkv(p, x, angles, eps)
-    ks, vs = kv_cache.write_kv(ks, vs, layer, slots, k[:, :, 0], v[:, :, 0])
-    o = attend(q, ks[layer], vs[layer], visible)
-    return (block_finish(p, x, o, eps), ks, vs), None
+    k_cache, v_cache = kv_cache.write_kv(k_cache, v_cache, slots, k[:, :, 0], v[:, :, 0])
+    return block_finish(p, x, attend(q, k_cache, v_cache, visible), eps), k_cache, v_cache
 
-  (x, ks, vs), _ = jax.lax.scan(block, (x, cache.k, cache.v),
-                                (layers, jnp.arange(cache.k.shape[0])))
+  if isinstance(cache.k, tuple):   # per-layer slabs, layers unrolled
+    ks, vs = [], []
+    for p, k_cache, v_cache in zip(layers, cache.k, cache.v, strict=True):
+      x, k_cache, v_cache = block(x, p, k_cache, v_cache)
+      ks.append(k_cache)
+      vs.append(v_cache)
+    ks, vs = tuple(ks), tuple(vs)
+  else:   # stacked slabs as the carry of a scan over layers, updated in place
+    def body(carry, inputs):
+      x, ks, vs = carry
+      p, layer = inputs
+      x, k_cache, v_cache = block(x, p, ks[layer], vs[layer])
+      return (x, ks.at[layer].set(k_cache), vs.at[layer].set(v_cache)), None
+
+    (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v),
+                                  (layers, jnp.arange(cache.k.shape[0])))
   return model.final(x)[:, 0], cache._replace(k=ks, v=vs)
+
+
+def scans_layers(model: MergeAR) -> bool:
+  """Whether the decoder scans over the stacked layers (stacked cache), from the config's
+  platform: on 'gpu' and 'tpu' it does, so the program does not grow with depth (MergeAR-L
+  compiles as fast as tiny). On 'cpu' it unrolls them over per-layer cache slabs: XLA:CPU
+  copies each slab out of a stacked buffer before attention reads it and pays per loop
+  iteration; the scan made a 128 x 4 model decode 2.8x (batch 1) and 2.4x (batch 64)
+  slower there."""
+  return model.config.platform != "cpu"
+
+
+def decoder_layers(model: MergeAR):
+  """The layer parameters as the decoder reads them: stacked LayerParams when it scans
+  (`scans_layers`), else a tuple of per-layer LayerParams, sliced once per decode (not
+  at every position)."""
+  stacked = model.layer_params()
+  if scans_layers(model):
+    return stacked
+  return tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
+               for i in range(model.config.model.num_layers))
 
 
 def prefill(model: MergeAR, layers, layout: CacheLayout, class_ids: jax.Array,
@@ -65,7 +96,7 @@ def prefill(model: MergeAR, layers, layout: CacheLayout, class_ids: jax.Array,
   m = model.config.model
   rows = class_ids.shape[0]
   cache = kv_cache.init_cache(layout, rows, m.num_layers, m.num_heads,
-                              m.width // m.num_heads, model.dtype)
+                              m.width // m.num_heads, model.dtype, stacked=scans_layers(model))
   x = model.embed_prefix(class_ids, keep_index)
   no_rotation = jnp.zeros((1, 1, m.width // m.num_heads // 2))
   h = None
@@ -97,7 +128,7 @@ def teacher_forced_logits(model: MergeAR, layout: CacheLayout, codes: jax.Array,
                           ) -> tuple[list[jax.Array], DecodeStats]:
   """Logits for every position from the cached scan decoder fed `codes` (B, L):
   one (B, L, 2^bits_k) array per sub-code, as `MergeAR.__call__` returns them."""
-  layers = model.layer_params()
+  layers = decoder_layers(model)
   h0, cache = prefill(model, layers, layout, class_ids, keep_index)
 
   def body(cache, inputs):
@@ -139,7 +170,7 @@ def generate(model: MergeAR, layout: CacheLayout, key: jax.Array, class_ids: jax
     class_ids = jnp.concatenate([class_ids, null])
     keep_index = jnp.concatenate([keep_index, keep_index])
   rows = lambda c: jnp.concatenate([c, c]) if guidance else c
-  layers = model.layer_params()
+  layers = decoder_layers(model)
   h0, cache = prefill(model, layers, layout, class_ids, keep_index)
 
   def body(carry, i):

@@ -10,9 +10,11 @@ visible when pos <= i and, for a ring slot, pos > i - W. This realises
 `merge_mask(codes, W, K_cap)` exactly, overflow included.
 
 mode='causal' is the plain LlamaGen cache (P + L slots, position j in slot P + j).
-Shapes: k/v (layers, B, H, C, Dh), one slab per layer stacked so that the decoder scans
-over them with the layer parameters (heads-major, as attention reads them), logical axes
-`CACHE_AXES`; positions (B, C) int32.
+Shapes: k/v either stacked, (layers, B, H, C, Dh), which the decoder scans over with the
+stacked layer parameters, or a tuple of per-layer (B, H, C, Dh) slabs (`stacked=False`,
+for a decoder that unrolls its layers: XLA:CPU copies a slab sliced out of a stacked
+buffer before attention reads it); heads-major, as attention reads them; logical axes
+`CACHE_AXES`. positions (B, C) int32.
 """
 from __future__ import annotations
 
@@ -62,8 +64,8 @@ class CacheLayout(NamedTuple):
 
 
 class CacheState(NamedTuple):
-  k: jax.Array         # (layers, B, H, C, Dh)
-  v: jax.Array
+  k: jax.Array | tuple  # (layers, B, H, C, Dh), or per layer (B, H, C, Dh)
+  v: jax.Array | tuple
   positions: jax.Array    # (B, C) int32 raster position of each slot, EMPTY if unused
   kept_codes: jax.Array   # (B, max(K_cap, 1)) int32 codes in the kept region, in order
   num_kept: jax.Array     # (B,) int32 kept slots used
@@ -71,9 +73,13 @@ class CacheState(NamedTuple):
 
 
 def init_cache(layout: CacheLayout, batch: int, num_layers: int, num_heads: int,
-               head_dim: int, dtype) -> CacheState:
-  shape = (num_layers, batch, num_heads, layout.num_slots, head_dim)
-  zeros = lambda: constrain(jnp.zeros(shape, dtype), CACHE_AXES)
+               head_dim: int, dtype, stacked: bool = True) -> CacheState:
+  shape = (batch, num_heads, layout.num_slots, head_dim)
+  if stacked:
+    zeros = lambda: constrain(jnp.zeros((num_layers, *shape), dtype), CACHE_AXES)
+  else:
+    zeros = lambda: tuple(constrain(jnp.zeros(shape, dtype), CACHE_AXES[1:])
+                          for _ in range(num_layers))
   return CacheState(
       k=zeros(), v=zeros(),
       positions=jnp.full((batch, layout.num_slots), EMPTY, jnp.int32),
@@ -117,12 +123,11 @@ def visible_slots(layout: CacheLayout, cache: CacheState, position) -> jax.Array
   return (pos <= position) & jnp.where(layout.ring_slots()[None, :], in_ring, pos != EMPTY)
 
 
-def write_kv(k_cache: jax.Array, v_cache: jax.Array, layer, slots: jax.Array, k: jax.Array,
+def write_kv(k_cache: jax.Array, v_cache: jax.Array, slots: jax.Array, k: jax.Array,
              v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Write one token's k, v (B, H, Dh) of `layer` (traced scalar) into the (layers, B, H,
-  C, Dh) caches at `slots` (B,)."""
+  """Write one token's k, v (B, H, Dh) into one layer's (B, H, C, Dh) caches at `slots` (B,)."""
   batch = jnp.arange(slots.shape[0])
-  return (k_cache.at[layer, batch, :, slots].set(k), v_cache.at[layer, batch, :, slots].set(v))
+  return k_cache.at[batch, :, slots].set(k), v_cache.at[batch, :, slots].set(v)
 
 
 def cache_bytes(layout: CacheLayout, batch: int, num_layers: int, width: int, itemsize: int

@@ -1,0 +1,1 @@
+"""Stage-2 generators: MergeAR (blocks, model, merge mask, KV cache, sampling, scan decoder)."""
