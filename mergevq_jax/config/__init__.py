@@ -30,19 +30,12 @@ def stage_of(config) -> str:
   return stage
 
 
-def defaults(stage: str):
-  """The schema (every key, with its default) of `stage`."""
-  if stage not in STAGES:
-    raise ValueError(f"unknown stage {stage!r}; known stages: {sorted(STAGES)}")
-  return STAGES[stage][0]()
-
-
 def validate(config) -> None:
   """ValueError naming the first problem of a config of any stage."""
   STAGES[stage_of(config)][1](config)
 
 
-__all__ = ["PLATFORMS", "STAGES", "apply_platform", "defaults", "keep_candidates",
+__all__ = ["PLATFORMS", "STAGES", "apply_platform", "keep_candidates",
            "keep_probs", "load_config_file", "mergear_defaults", "stage_of",
            "tokenizer_defaults", "unknown_keys", "validate", "validate_config",
            "validate_mergear_config"]
