@@ -21,7 +21,6 @@ PLATFORM_PRESETS = {
     "tpu": dict(dtype="bfloat16", attention_impl="xla", mesh_shape=(1, -1, 1)),
 }
 PLATFORMS = tuple(PLATFORM_PRESETS)
-DTYPES = ("float32", "bfloat16")
 
 
 def apply_platform(config: ml_collections.ConfigDict, platform: str | None
@@ -67,7 +66,8 @@ def unknown_keys(config, reference, prefix: str = "") -> list[str]:
 
 def validate_common(config, defaults: ml_collections.ConfigDict, schema: str) -> None:
   """Checks every config kind shares: no key outside `defaults` (named by `schema`, e.g.
-  'mergevq_jax/config/tokenizer.py:tokenizer_defaults'), platform, dtype, mesh shape."""
+  'mergevq_jax/config/tokenizer.py:tokenizer_defaults'), stage, platform, mesh shape (the
+  compute dtype is checked by the model's own `check_hparams`)."""
   unknown = unknown_keys(config, defaults)
   if unknown:
     raise ValueError(f"config key(s) {unknown} do not exist; see {schema} for the schema")
@@ -76,8 +76,6 @@ def validate_common(config, defaults: ml_collections.ConfigDict, schema: str) ->
                      f"({schema})")
   if config.platform not in PLATFORMS:
     raise ValueError(f"config.platform must be one of {PLATFORMS}, got {config.platform!r}")
-  if config.dtype not in DTYPES:
-    raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
   if len(config.sharding.mesh_shape) != 3:
     raise ValueError(f"sharding.mesh_shape needs 3 entries (data, fsdp, tensor), "
                      f"got {config.sharding.mesh_shape}")

@@ -20,6 +20,17 @@ from mergevq_jax.ops.group_norm import group_norm_apply
 from mergevq_jax.ops.norm_silu_conv import norm_silu_conv
 from mergevq_jax.sharding import axes, constrain
 
+# config.dtype -> compute dtype (parameters are always float32)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The compute dtype named by config.dtype; ValueError for any other name."""
+  if name not in DTYPES:
+    raise ValueError(f"config.dtype must be one of {tuple(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 # PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)).
 TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

@@ -17,11 +17,11 @@ import ml_collections
 from flax import nnx
 
 from mergevq_jax.models import layers, lfq, tome
+from mergevq_jax.models.layers import compute_dtype
 from mergevq_jax.models.decoder import Decoder
 from mergevq_jax.models.encoder import Encoder
 from mergevq_jax.models.recovery import SourceRecovery, SourceRecoveryOutput
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 GROUPS = 32  # GroupNorm groups of every CNN stage
 
 
@@ -44,8 +44,7 @@ def num_tokens(m, image_size: int | None = None) -> int:
 def check_hparams(config) -> None:
   """ValueError naming the first model or quantizer hyperparameter that cannot work."""
   m = config.model
-  if config.dtype not in DTYPES:
-    raise ValueError(f"config.dtype must be one of {tuple(DTYPES)}, got {config.dtype!r}")
+  compute_dtype(config.dtype)
   if m.encoder_type not in ("cnn", "vit"):
     raise ValueError(f"model.encoder_type must be 'cnn' or 'vit', got {m.encoder_type!r}")
   f = downsample_factor(m)
@@ -98,7 +97,7 @@ class Tokenizer(nnx.Module):
     config = ml_collections.FrozenConfigDict(config)
     self.config = config
     m = config.model
-    dtype = DTYPES[config.dtype]
+    dtype = compute_dtype(config.dtype)
     self.encoder = Encoder(m, dtype=dtype, platform=config.platform, rngs=rngs)
     self.decoder = Decoder(m, dtype=dtype, platform=config.platform, rngs=rngs)
     width = encoder_width(m)

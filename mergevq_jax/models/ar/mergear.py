@@ -26,9 +26,9 @@ from flax import nnx
 
 from mergevq_jax.models.ar.blocks import LayerParams, block_forward, rms_norm, rope_angles, split_codes
 from mergevq_jax.models.ar.merge_mask import sequence_mask
+from mergevq_jax.models.layers import compute_dtype
 from mergevq_jax.sharding import axes
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PREFIX = 2  # class token, merge-instruction token
 ATTENTION_KINDS = ("merge", "causal")
 
@@ -40,8 +40,7 @@ def num_positions(m) -> int:
 
 def check_hparams(config) -> None:
   """ValueError naming the first model hyperparameter that cannot work."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"config.dtype must be one of {tuple(DTYPES)}, got {config.dtype!r}")
+  compute_dtype(config.dtype)
   m = config.model
   if m.width % m.num_heads:
     raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
@@ -74,7 +73,7 @@ class MergeAR(nnx.Module):
     config = ml_collections.FrozenConfigDict(config)
     self.config = config
     m = config.model
-    self.dtype = DTYPES[config.dtype]
+    self.dtype = compute_dtype(config.dtype)
     D, H, F, n = m.width, m.num_heads, m.ffn_dim, m.num_layers
     Dh = D // H
     init = jax.nn.initializers.normal(m.init_std)
