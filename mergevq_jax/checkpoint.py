@@ -1,9 +1,8 @@
-"""Run directories: the config beside the checkpoints, and orbax checkpoints of a train
-state, its data iterator and run metadata.
+"""Orbax checkpoints of a train state, its data iterator and run metadata (the run
+directory around them: `mergevq_jax.run_dir`).
 
-Layout: <workdir>/config.json and <workdir>/checkpoints/<step>/{params, ema, train, meta,
-data}. A train state is a NamedTuple with `params` and `ema` fields (the model weights
-and their EMA) and any others (optimizer states, counters): the two weight fields are
+Layout: <workdir>/checkpoints/<step>/{params, ema, train, meta, data}. A train state is a
+NamedTuple with `params` and `ema` fields (the model weights and their EMA) and any others (optimizer states, counters): the two weight fields are
 checkpoint items of their own, so `restore_weights` reads one of them without building
 the optimizer states (`mergevq_jax.pretrained`). `meta` carries the layout tag and the
 step, and is read first: a checkpoint written by another layout is a clear error, never a
@@ -14,48 +13,16 @@ restores onto any mesh.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
-CONFIG_FILE = "config.json"
 # Layout tags, one per stage (v1: the whole train state as one 'state' item).
 LAYOUTS = {"tokenizer": "mergevq_jax.tokenizer.v2", "mergear": "mergevq_jax.mergear.v2"}
 TOKENIZER_LAYOUT, MERGEAR_LAYOUT = LAYOUTS["tokenizer"], LAYOUTS["mergear"]
 WEIGHTS = ("params", "ema")   # train-state fields saved as items of their own
-
-
-def save_config(workdir: str, config) -> None:
-  """Write <workdir>/config.json atomically (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
-  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was started with."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise ValueError(f"{path} not found: {workdir!r} is not a mergevq_jax run directory")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
-
-
-def _tuples(tree):
-  """JSON lists back to tuples (configs use tuples for sequences)."""
-  if isinstance(tree, dict):
-    return {k: _tuples(v) for k, v in tree.items()}
-  if isinstance(tree, list):
-    return tuple(_tuples(v) for v in tree)
-  return tree
 
 
 def _data_args(iterator, save: bool):

@@ -80,16 +80,24 @@ def mergear_info(config) -> dict:
   params = nnx.state(model, nnx.Param)
   body = layers.count_params(params["layers"])
   L = model.num_positions
-  return {
+  full = CacheLayout.make(PREFIX, L, "causal").num_slots
+  pruned = {int(k): CacheLayout.make(PREFIX, L, "merge", int(k), m.window).num_slots
+            for k in m.keep_values}
+  info = {
       "variant": m.variant, "num_layers": m.num_layers, "width": m.width,
       "num_heads": m.num_heads, "ffn_dim": m.ffn_dim, "num_positions": L,
       "sub_code_bits": list(m.sub_code_bits), "keep_values": list(m.keep_values),
       "window": m.window, "body_params": body,
       "total_params": layers.count_params(params),
-      "cache_slots_full": CacheLayout.make(PREFIX, L, "causal").num_slots,
-      "cache_slots_pruned": {int(k): CacheLayout.make(PREFIX, L, "merge", int(k), m.window)
-                             .num_slots for k in m.keep_values},
+      "cache_slots_full": full,
+      "cache_slots_pruned": pruned,
   }
+  no_saving = sorted(k for k, n in pruned.items() if n >= full)
+  if no_saving:  # K kept slots + W window slots + prefix >= L + prefix
+    info["cache_note"] = (f"K={no_saving}: the pruned cache (K kept + {m.window} window "
+                          f"slots) is not smaller than the full one ({full} slots): it "
+                          f"saves no memory at these K")
+  return info
 
 
 def main(argv):

@@ -7,7 +7,10 @@
       --config.data.codes_dir=CODES          # codes from `python -m mergevq_jax.tokenize`
 
 The config's `stage` key decides what is trained ('tokenizer' or 'mergear'). Resumes
-from the latest checkpoint in --workdir. A tokenizer config with stage2.mergear_config set (the
+from the latest checkpoint in --workdir (changed steps, lr, batch, data paths are recorded
+in <workdir>/config_history.jsonl; a changed architecture is refused). One job per
+--workdir: a second is refused while the first runs. SIGTERM (preemption) and Ctrl-C save
+a checkpoint at the next step and end the job (exit 0 and 130); run it again to resume. A tokenizer config with stage2.mergear_config set (the
 demo) also tokenizes its training images and trains that MergeAR on them.
 """
 from __future__ import annotations
@@ -16,12 +19,13 @@ import importlib
 import json
 import os
 import shutil
+import sys
 
 import jax
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from mergevq_jax import cli, host_memory
+from mergevq_jax import cli, host_memory, run_dir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=False)
@@ -69,22 +73,24 @@ def main(argv):
     raise ValueError("--config=configs/<name>.py and --workdir=DIR are required")
   from mergevq_jax import config as config_lib
   config, workdir = _CONFIG.value, _WORKDIR.value
+  config_lib.validate(config)   # before anything reads it
   stage = config_lib.stage_of(config)
+  run_dir.check_workdir(workdir)
   host_memory.reexec_with_malloc_tunables(large=stage == "tokenizer" and (
       host_memory.large_step(config.model.image_size, config.train.batch_size)))
-  if not flags.FLAGS["verbosity"].present:  # orbax and grain are chatty at INFO
-    logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  summary = importlib.import_module(TRAINERS[stage]).train(config, workdir)
-  if stage == "tokenizer" and config.stage2.mergear_config:
-    summary["mergear"] = run_stage2(config, workdir)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+  with run_dir.RunLock(workdir):   # the whole job: both stages and the codes between them
+    summary = importlib.import_module(TRAINERS[stage]).train(config, workdir)
+    if stage == "tokenizer" and config.stage2.mergear_config and not summary["preempted"]:
+      summary["mergear"] = run_stage2(config, workdir)
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+          json.dump(summary, f, indent=1)
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=1))
+  if "SIGINT" in (summary["stopped_by"], summary.get("mergear", {}).get("stopped_by")):
+    sys.exit(130)   # interrupted by the user (checkpoint saved); SIGTERM exits 0
 
 
 if __name__ == "__main__":

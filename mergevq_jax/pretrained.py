@@ -10,7 +10,7 @@ from __future__ import annotations
 from flax import nnx
 
 from mergevq_jax import checkpoint, sharding
-from mergevq_jax.checkpoint import load_config
+from mergevq_jax.run_dir import load_config
 
 __all__ = ["load_config", "load_mergear", "load_model", "load_tokenizer"]
 

@@ -45,11 +45,22 @@ def main(argv):
   from mergevq_jax.images import image_grid, save_png, to_uint8
   if not _AR.value:
     raise ValueError("--ar_workdir is required")
+  if _PER_CLASS.value < 1:
+    raise ValueError(f"--per_class must be >= 1, got {_PER_CLASS.value}")
+  try:
+    classes = [int(c) for c in _CLASSES.value]
+  except ValueError:
+    raise ValueError(f"--classes must be comma-separated class ids, got "
+                     f"{','.join(_CLASSES.value)!r}") from None
+  if not classes:
+    raise ValueError("--classes must name at least one class id")
+  out = cli.output_file(_OUT.value, "--out", (".png",))
+  stats_path = cli.output_file(_STATS.value or os.path.splitext(out)[0] + ".json",
+                               "--stats_json", (".json",))
   model, ar_config, ar_step = pretrained.load_mergear(_AR.value)
   tokenizer, tok_config, tok_step = pretrained.load_tokenizer(
       _TOK.value or tokenizer_workdir_of(ar_config))
   check_pair(ar_config, tokenizer)
-  classes = [int(c) for c in _CLASSES.value]
   num_keep = _KEEP.value or (tok_config.model.num_keep
                              if tok_config.model.num_keep in model.keep_values
                              else model.keep_values[len(model.keep_values) // 2])
@@ -61,16 +72,15 @@ def main(argv):
       top_p=_TOP_P.value, cfg_scale=_CFG.value)
   seconds = time.time() - t0
   rows = [to_uint8(row) for row in images]
-  save_png(_OUT.value, image_grid(rows))
+  save_png(out, image_grid(rows))
   per_sample = [{"class": classes[j], "row": i, "num_keep": num_keep,
                  **{k: int(v[i, j]) for k, v in stats.items()}}
                 for i in range(images.shape[0]) for j in range(len(classes))]
-  report = {"out": os.path.abspath(_OUT.value), "ar_workdir": _AR.value, "ar_step": ar_step,
+  report = {"out": os.path.abspath(out), "ar_workdir": _AR.value, "ar_step": ar_step,
             "tokenizer_step": tok_step, "num_keep": num_keep, "cfg": _CFG.value,
             "temperature": _TEMP.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
             "cache": generator.mode, "keep_cap": _CAP.value or num_keep,
             "window": generator.window, "seconds": round(seconds, 2), "samples": per_sample}
-  stats_path = _STATS.value or os.path.splitext(_OUT.value)[0] + ".json"
   with open(stats_path, "w") as f:
     json.dump(report, f, indent=1)
   print(json.dumps({k: v for k, v in report.items() if k != "samples"}))

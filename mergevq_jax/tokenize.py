@@ -13,7 +13,7 @@ import os
 
 from absl import flags
 
-from mergevq_jax import cli
+from mergevq_jax import cli, run_dir
 from mergevq_jax.data import sources
 from mergevq_jax.data.tokenize_images import default_keep_values, tokenize_dataset
 
@@ -28,12 +28,26 @@ _PATH = flags.DEFINE_string("path", None, "data.path override.")
 _SPLIT = flags.DEFINE_string("split", None, "data.split override.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random crops.")
 _RAW = flags.DEFINE_bool("raw_weights", False, "Use the raw weights instead of the EMA.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the codes dataset in --out.")
+
+
+def check_out(out: str, overwrite: bool) -> None:
+  """Before any work: --out is not a run directory, holds no codes dataset (unless
+  `overwrite`), and can be created."""
+  if os.path.isfile(os.path.join(out, run_dir.CONFIG_FILE)):
+    raise ValueError(f"--out={out} is a run directory; give the codes their own directory "
+                     f"(e.g. {os.path.join(out, 'codes')})")
+  if os.path.isfile(os.path.join(out, "manifest.json")) and not overwrite:
+    raise ValueError(f"--out={out} already holds a codes dataset; pass --overwrite to "
+                     f"replace it")
+  cli.output_dir(out)
 
 
 def main(argv):
   del argv
   if not _WORKDIR.value or not _OUT.value:
     raise ValueError("--tokenizer_workdir=RUN and --out=DIR are required")
+  check_out(_OUT.value, _OVERWRITE.value)
   from mergevq_jax import pretrained
   tokenizer, config, step = pretrained.load_tokenizer(_WORKDIR.value, use_ema=not _RAW.value)
   d = config.data

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mergevq_jax import checkpoint, sharding
+from mergevq_jax import checkpoint, run_dir, sharding
 
 
 class State(NamedTuple):
@@ -77,8 +77,8 @@ def test_checkpoint_of_the_old_layout_is_a_clear_error(tmp_path):
 def test_config_round_trips_with_tuples(tmp_path):
   from conftest import load_config
   cfg = load_config("tokenizer_tiny")
-  checkpoint.save_config(str(tmp_path), cfg)
-  back = checkpoint.load_config(str(tmp_path))
+  run_dir.save_config(str(tmp_path), cfg)
+  back = run_dir.load_config(str(tmp_path))
   assert back.model.ch_mult == cfg.model.ch_mult and back.stage == "tokenizer"
   with pytest.raises(ValueError, match="not a mergevq_jax run directory"):
-    checkpoint.load_config(str(tmp_path / "nowhere"))
+    run_dir.load_config(str(tmp_path / "nowhere"))

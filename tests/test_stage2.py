@@ -17,7 +17,9 @@ from mergevq_jax.data.sources import SampleImages
 from mergevq_jax.models.tokenizer import jit_method
 from mergevq_jax.data.tokenize_images import expand_codes, tokenize_dataset
 from mergevq_jax.train import ar_state, ar_step, ar_trainer
-from mergevq_jax.checkpoint import MERGEAR_LAYOUT, Checkpointer, save_config
+from mergevq_jax.checkpoint import MERGEAR_LAYOUT, Checkpointer
+from mergevq_jax import run_dir
+from mergevq_jax.run_dir import save_config
 from mergevq_jax.train.tokenizer_state import create_state
 
 from conftest import ROOT, load_config
@@ -110,6 +112,38 @@ def test_ar_training_learns_and_resumes_exactly(codes_dir, tmp_path):
   a, b = final_state(str(tmp_path / "straight"), cfg), final_state(str(tmp_path / "split"), cfg)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  # Each step logged once, although the first attempt's last steps were logged past 12.
+  steps = [json.loads(line)["step"] for line in
+           (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+  assert [s for s in steps if s <= 24] == sorted(set(steps))
+  # A finished run refuses another architecture and a train state that does not fit, and
+  # neither attempt touches config.json or config_history.jsonl.
+  split = tmp_path / "split"
+  before = {f: (split / f).read_bytes() for f in ("config.json", "config_history.jsonl")}
+  wider = ar_config(codes_dir, steps=30, lr=3e-3)
+  wider.model.width = 128
+  with pytest.raises(ValueError, match="another architecture: model.width=64 in the run, "
+                                       "128 requested"):
+    ar_trainer.train(wider, str(split))
+  unclipped = ar_config(codes_dir, steps=30, lr=3e-3, grad_clip=0.0)  # another optimizer state
+  with pytest.raises(ValueError, match=r"does not fit this config's train state.*"
+                                       r"'train.grad_clip'"):
+    ar_trainer.train(unclipped, str(split))
+  assert before == {f: (split / f).read_bytes() for f in before}
+  assert [e["event"] for e in run_dir.read_history(str(split))] == ["start", "resume"]
+
+
+def test_divergence_stops_and_names_the_last_checkpoint(codes_dir, tmp_path):
+  # lr=1e30: every weight is ~1e30 after one step; the loss stays finite (~1e31) but the
+  # gradient norm overflows, so the steps are skipped and the run stops.
+  cfg = ar_config(codes_dir, steps=40, lr=1e30, warmup_steps=0, nan_patience=3,
+                  ckpt_every=1)
+  with pytest.raises(FloatingPointError, match=r"diverged: steps 2\.\.4 .* the latest "
+                                               r"checkpoint \(step 3\) holds the weights of step 1"):
+    ar_trainer.train(cfg, str(tmp_path / "run"))
+  cfg = ar_config(codes_dir, steps=40, lr=float("inf"), warmup_steps=0, nan_patience=3)
+  with pytest.raises(FloatingPointError, match="no checkpoint was written before them"):
+    ar_trainer.train(cfg, str(tmp_path / "inf"))
 
 
 @pytest.mark.parametrize("change, match", [
@@ -145,11 +179,13 @@ def test_sample_cli_writes_grid_and_stats(codes_dir, tokenizer_run, tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "mergevq_jax.sample", f"--ar_workdir={tmp_path / 'ar'}",
        "--classes=0,3", "--per_class=2", "--cfg=2.0", "--top_k=50", "--num_keep=36",
-       f"--out={tmp_path / 'grid.png'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+       f"--out={tmp_path / 'new' / 'grid.png'}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stderr.strip() == ""           # no orbax/absl INFO lines (26-48 before)
   from PIL import Image
-  assert Image.open(tmp_path / "grid.png").size[0] > 2 * 64
-  report = json.loads((tmp_path / "grid.json").read_text())
+  assert Image.open(tmp_path / "new" / "grid.png").size[0] > 2 * 64   # folder created
+  report = json.loads((tmp_path / "new" / "grid.json").read_text())
   assert len(report["samples"]) == 4 and report["cfg"] == 2.0 and report["num_keep"] == 36
   for s in report["samples"]:
     assert 1 <= s["kept_slots_used"] <= 36 and s["distinct_codes"] >= s["kept_slots_used"]
@@ -166,3 +202,22 @@ def test_loading_weights_needs_no_training_code(tokenizer_run):
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tokenize_cli_checks_its_output_first_and_shows_progress(tokenizer_run, tmp_path):
+  def tokenize(out, *flags):
+    return subprocess.run([sys.executable, "-m", "mergevq_jax.tokenize",
+                           f"--tokenizer_workdir={tokenizer_run}", f"--out={out}",
+                           "--keep_values=25", "--batch_size=16", *flags],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  out = tokenize(tmp_path / "new" / "codes")
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stderr.strip().splitlines()               # progress only: no INFO logs
+  assert lines and all(line.startswith("tokenize: image ") for line in lines), lines
+  assert lines[-1].startswith("tokenize: image 11/11 (100.0%)") and "took" in lines[-1]
+  assert codes_lib.CodeDataset(str(tmp_path / "new" / "codes")).manifest["keep_values"] == [25]
+  for target, message in ((tmp_path / "new" / "codes", "already holds a codes dataset; pass "
+                           "--overwrite"), (tokenizer_run, "is a run directory")):
+    out = tokenize(target)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        out.stderr.strip()] and message in out.stderr, out.stderr

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from mergevq_jax.config.common import (PLATFORMS, apply_platform, load_config_file,
                                        unknown_keys)
+from mergevq_jax.config import mergear, tokenizer
 from mergevq_jax.config.mergear import mergear_defaults, validate_mergear_config
 from mergevq_jax.config.tokenizer import (keep_candidates, keep_probs, tokenizer_defaults,
                                           validate_config)
 
-# stage -> (schema: () -> ConfigDict, validation: config -> None)
+# stage -> (schema: () -> ConfigDict, validation: config -> None, where the schema is)
 STAGES = {
-    "tokenizer": (tokenizer_defaults, validate_config),
-    "mergear": (mergear_defaults, validate_mergear_config),
+    "tokenizer": (tokenizer_defaults, validate_config, tokenizer.SCHEMA),
+    "mergear": (mergear_defaults, validate_mergear_config, mergear.SCHEMA),
 }
 
 

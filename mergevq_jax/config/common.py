@@ -64,13 +64,79 @@ def unknown_keys(config, reference, prefix: str = "") -> list[str]:
   return unknown
 
 
+_KINDS = (  # default's type -> (accepted types, one, many)
+    (bool, (bool,), "True or False", "booleans"),
+    (int, (int,), "an integer", "integers"),
+    (float, (int, float), "a number", "numbers"),
+    (str, (str,), "a string", "strings"),
+)
+
+
+def _kind(default) -> tuple[tuple[type, ...], str, str]:
+  """(accepted types, 'a ...', '...s') for a value whose default is `default`."""
+  for t, types, one, many in _KINDS:
+    if isinstance(default, t):
+      return types, one, many
+  return (object,), "any value", "values"
+
+
+def _fits(value, types) -> bool:
+  return isinstance(value, types) and isinstance(value, bool) == (bool in types)
+
+
+def type_errors(config, reference, prefix: str = "") -> list[str]:
+  """'key must be ..., got ...' for every value whose type does not fit its default in
+  `reference` (the schema): numbers, strings, booleans, and tuples of them."""
+  errors = []
+  for key in reference.keys():
+    if key not in config:
+      continue
+    path, value, default = f"{prefix}{key}", config[key], reference[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if isinstance(value, ml_collections.ConfigDict):
+        errors += type_errors(value, default, path + ".")
+      else:
+        errors.append(f"{path} must be a section of keys, got {value!r}")
+      continue
+    if default is None:
+      continue
+    if isinstance(default, (tuple, list)):
+      if not isinstance(value, (tuple, list)):
+        errors.append(f"{path} must be a tuple such as {tuple(default)}, got {value!r}")
+        continue
+      kinds = {_kind(d) for d in default if not isinstance(d, (tuple, list))}
+      if len(kinds) == 1:
+        types, _, many = kinds.pop()
+        if not all(_fits(v, types) for v in value):
+          errors.append(f"{path} must be a tuple of {many} such as {tuple(default)}, "
+                        f"got {tuple(value)!r}")
+      continue
+    types, one, _ = _kind(default)
+    if not _fits(value, types):
+      errors.append(f"{path} must be {one}, got {value!r}")
+  return errors
+
+
+def check_at_least(config, minimum: int, keys: tuple[str, ...]) -> None:
+  """ValueError unless each dotted integer key is >= minimum."""
+  for key in keys:
+    section, name = key.rsplit(".", 1)
+    value = config[section][name]
+    if value < minimum:
+      raise ValueError(f"config key {key} must be >= {minimum}, got {value}")
+
+
 def validate_common(config, defaults: ml_collections.ConfigDict, schema: str) -> None:
   """Checks every config kind shares: no key outside `defaults` (named by `schema`, e.g.
-  'mergevq_jax/config/tokenizer.py:tokenizer_defaults'), stage, platform, mesh shape (the
-  compute dtype is checked by the model's own `check_hparams`)."""
+  'mergevq_jax/config/tokenizer.py:tokenizer_defaults'), value types, stage, platform,
+  mesh shape, the training loop's counts (the compute dtype is checked by the model's own
+  `check_hparams`)."""
   unknown = unknown_keys(config, defaults)
   if unknown:
     raise ValueError(f"config key(s) {unknown} do not exist; see {schema} for the schema")
+  errors = type_errors(config, defaults)
+  if errors:
+    raise ValueError(f"config key {'; '.join(errors)}")
   if config.stage != defaults.stage:
     raise ValueError(f"config.stage={config.stage!r} but this is a {defaults.stage} config "
                      f"({schema})")
@@ -79,3 +145,5 @@ def validate_common(config, defaults: ml_collections.ConfigDict, schema: str) ->
   if len(config.sharding.mesh_shape) != 3:
     raise ValueError(f"sharding.mesh_shape needs 3 entries (data, fsdp, tensor), "
                      f"got {config.sharding.mesh_shape}")
+  check_at_least(config, 1, ("train.batch_size", "train.steps", "train.log_every",
+                             "train.ckpt_every", "train.keep_ckpts", "train.nan_patience"))

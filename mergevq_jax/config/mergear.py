@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from mergevq_jax.config.common import validate_common
+from mergevq_jax.config.common import check_at_least, validate_common
 from mergevq_jax.models.ar.mergear import check_hparams
 from mergevq_jax.sharding import DEFAULT_RULES
 
 STAGE = "mergear"
+SCHEMA = "mergevq_jax/config/mergear.py:mergear_defaults"   # named in error messages
 
 
 def llama_ffn_dim(width: int, multiple_of: int = 256) -> int:
@@ -89,8 +90,8 @@ def mergear_defaults() -> ml_collections.ConfigDict:
 
 def validate_mergear_config(config) -> None:
   """ValueError naming the first problem; None if the config is usable."""
-  validate_common(config, mergear_defaults(),
-                  "mergevq_jax/config/mergear.py:mergear_defaults")
+  validate_common(config, mergear_defaults(), SCHEMA)
+  check_at_least(config, 0, ("train.sample_every", "train.warmup_steps"))
   check_hparams(config)
   t = config.train
   if t.schedule not in ("constant", "cosine"):

@@ -12,11 +12,12 @@ import math
 
 import ml_collections
 
-from mergevq_jax.config.common import validate_common
+from mergevq_jax.config.common import check_at_least, validate_common
 from mergevq_jax.models.tokenizer import check_hparams
 from mergevq_jax.sharding import DEFAULT_RULES
 
 STAGE = "tokenizer"
+SCHEMA = "mergevq_jax/config/tokenizer.py:tokenizer_defaults"   # named in error messages
 
 
 
@@ -144,8 +145,10 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
 
 def validate_config(config) -> None:
   """ValueError naming the first problem; returns None if the config is usable."""
-  validate_common(config, tokenizer_defaults(),
-                  "mergevq_jax/config/tokenizer.py:tokenizer_defaults")
+  validate_common(config, tokenizer_defaults(), SCHEMA)
+  check_at_least(config, 1, ("train.accum_steps", "train.eval_every", "data.eval_images",
+                             "stage2.views"))
+  check_at_least(config, 0, ("data.num_workers", "loss.disc_start", "stage2.steps"))
   check_hparams(config)
   m = config.model
   if len(m.keep_probs) != len(m.keep_candidates):

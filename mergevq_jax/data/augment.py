@@ -43,6 +43,11 @@ def to_pil(image: Any) -> Image.Image:
 
 
 def check_scale(scale, what: str = "scale") -> tuple[float, float]:
+  """(min, max) area fractions; ValueError naming `what` unless 0 < min <= max <= 1."""
+  if (not isinstance(scale, (tuple, list)) or len(scale) != 2
+      or not all(isinstance(s, (int, float)) for s in scale)):
+    raise ValueError(f"{what} must be a pair (min, max) of area fractions such as "
+                     f"(0.8, 1.0), got {scale!r}")
   lo, hi = (float(s) for s in scale)
   if not 0.0 < lo <= hi <= 1.0:
     raise ValueError(f"{what} must satisfy 0 < min <= max <= 1, got {tuple(scale)}")

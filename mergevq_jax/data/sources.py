@@ -136,8 +136,8 @@ class _ReplacingSource:
         self._record_bad(j, e)
         continue
       return {"image": image, "label": int(label)}
-    raise RuntimeError(f"{type(self).__name__}: none of its {n} items could be decoded; "
-                       f"first failures: {self.skipped[:3]}")
+    raise ValueError(f"{type(self).__name__}: none of its {n} items could be decoded; "
+                     f"first failures: {self.skipped[:3]}")
 
   def _record_bad(self, index: int, error: Exception) -> None:
     what = f"{self._describe(index)}: {type(error).__name__}: {error}"

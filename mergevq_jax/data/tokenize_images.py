@@ -8,9 +8,6 @@ own slice of the source and writes its own shard.
 """
 from __future__ import annotations
 
-import sys
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +16,7 @@ from flax import nnx
 from mergevq_jax.data import augment, codes as codes_lib, sources
 from mergevq_jax.data.pipeline import process_layout
 from mergevq_jax.models.tokenizer import jit_method
+from mergevq_jax.progress import Progress
 
 
 def expand_codes(indices: jax.Array, owner: jax.Array) -> jax.Array:
@@ -59,7 +57,7 @@ def tokenize_dataset(tokenizer, source, out_dir: str, keep_values, *, views: int
   graphdef, state = nnx.split(tokenizer)
   encode = jit_method(graphdef, "encode")
   out = {name: [] for name in codes_lib.ARRAYS}
-  done, t0 = 0, time.time()
+  bar = Progress(len(jobs), unit="image", label="tokenize") if progress else None
   for k in keep_values:
     mine = [job for job in jobs if job[2] == k]
     for start in range(0, len(mine), batch_size):
@@ -78,14 +76,11 @@ def tokenize_dataset(tokenizer, source, out_dir: str, keep_values, *, views: int
       out["codes"].append(np.asarray(expand_codes(enc.indices, enc.owner))[:n])
       out["keep"].append(np.full(len(chunk), k, np.int32))
       out["label"].append(np.asarray(labels, np.int32))
-      done += len(chunk)
-      if progress and jax.process_index() == 0:
-        rate = done / max(time.time() - t0, 1e-9)
-        tty = sys.stderr.isatty()
-        print(f"{chr(13) if tty else ''}tokenized {done}/{len(jobs)} ({rate:.1f} images/s, "
-              f"K={k})", end="" if tty else "\n", file=sys.stderr, flush=True)
-  if progress and jax.process_index() == 0 and sys.stderr.isatty():
-    print(file=sys.stderr)
+      if bar is not None:
+        bar.set_postfix(K=k)
+        bar.update(len(chunk))
+  if bar is not None:
+    bar.close()
   arrays = {name: np.concatenate(parts) for name, parts in out.items()}
   codes_lib.write_shard(out_dir, process_index, process_count, **arrays)
   m = tokenizer.config.model

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mergevq_jax import cli
 from mergevq_jax.nets.weights import read_state_dict, save_npz
 
 
@@ -28,7 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--in", dest="src", required=True, help=".pth/.pt/.bin/.safetensors/.npz")
   p.add_argument("--out", required=True, help="output .npz")
   args = parser.parse_args(argv)
+  try:
+    return convert(args)
+  except cli.USER_ERRORS as e:
+    parser.exit(2, f"error: {e}\n")
 
+
+def convert(args) -> int:
+  cli.output_file(args.out, "--out", (".npz",))   # before reading anything
   if args.net == "lpips":
     from mergevq_jax.nets import vgg_lpips
     vgg = read_state_dict(args.vgg)

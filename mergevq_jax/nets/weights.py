@@ -85,6 +85,10 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
+  import zipfile
+  if not zipfile.is_zipfile(path):  # np.load would take it for a pickle, and suggest one
+    raise ValueError(f"{path}: not an .npz file (an .npz is a zip of .npy arrays, as "
+                     f"written by numpy.savez or `python -m mergevq_jax.nets.convert`)")
   try:
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}

@@ -20,7 +20,7 @@ from mergevq_jax.models.ar.blocks import cross_entropy
 from mergevq_jax.models.ar.merge_mask import attention_mask
 from mergevq_jax.models.ar.mergear import MergeAR
 from mergevq_jax.train.ar_state import ARTrainState, lr_schedule, optimizer
-from mergevq_jax.train.optim import ema_update, guarded_update, tree_all_finite
+from mergevq_jax.train.optim import ema_update, finite_update, guarded_update
 
 
 def keep_index_of(keep: jax.Array, keep_values) -> jax.Array:
@@ -59,7 +59,7 @@ def make_train_step(config, graph: nnx.GraphDef) -> Callable:
       return loss_fn(nnx.merge(graph, params), batch, class_ids)
 
     (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-    finite = tree_all_finite((grads, value))
+    finite, (grad_norm,) = finite_update(value, grads)
 
     def apply(state: ARTrainState) -> ARTrainState:
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -69,7 +69,7 @@ def make_train_step(config, graph: nnx.GraphDef) -> Callable:
 
     new = guarded_update(state, finite, apply)
     metrics = {**metrics, "loss": value, "finite": finite.astype(jnp.float32),
-               "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+               "lr": schedule(state.step), "grad_norm": grad_norm}
     return new, metrics
 
   return step

@@ -162,4 +162,4 @@ class ARStage(loop.Stage):
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
   """Train (or resume) MergeAR until train.steps (or `stop_at`, checkpointed)."""
-  return loop.run(ARStage(config), workdir, stop_at)
+  return loop.run(ARStage, config, workdir, stop_at)

@@ -1,10 +1,11 @@
-"""The one training loop every stage runs: restore-or-init, the step loop with progress
-bar, logs, NaN patience, periodic hooks and checkpoints, SIGTERM save, summary.json.
+"""The one training loop every stage runs: the run directory's lock and resume check,
+restore-or-init, the step loop with progress, logs, divergence stop, periodic hooks and
+checkpoints, the save on SIGTERM / Ctrl-C, summary.json.
 
 A stage (`tokenizer_trainer.TokenizerStage`, `ar_trainer.ARStage`) is a `Stage`: it
 checks its config and data before anything is compiled, says how to build, restore and
 step its train state, and adds its own periodic work (reconstructions, sample grids)
-and summary entries. `run(stage, workdir)` does the rest.
+and summary entries. `run(StageClass, config, workdir)` does the rest.
 """
 from __future__ import annotations
 
@@ -20,31 +21,44 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from mergevq_jax import sharding
-from mergevq_jax.checkpoint import Checkpointer, save_config
+from mergevq_jax import run_dir, sharding
+from mergevq_jax.checkpoint import Checkpointer
+from mergevq_jax.progress import Progress
 from mergevq_jax.train.logger import Logger
 
 
-class Preemption:
-  """Sets a flag on SIGTERM so the loop can checkpoint and exit cleanly."""
+class Interrupts:
+  """`with Interrupts() as stop:` -- SIGTERM (preemption) and SIGINT (Ctrl-C) set
+  `stop.signal` so the loop checkpoints at the next step boundary and ends; a second Ctrl-C
+  stops at once (KeyboardInterrupt). The previous handlers come back on exit."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
+    self.signal: str | None = None
+    self.previous = {}
+
+  def __enter__(self) -> "Interrupts":
     try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread
-      pass
+      self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    except ValueError:  # not in the main thread: no handlers
+      self.previous = {}
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self.previous.items():
+      signal.signal(s, handler)
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-
-def progress_bar(total: int, initial: int):
-  """tqdm bar on process 0 when stderr is a terminal (quiet otherwise)."""
-  from tqdm import tqdm
-  quiet = jax.process_index() != 0 or not sys.stderr.isatty()
-  return tqdm(total=total, initial=initial, disable=quiet, unit="step", dynamic_ncols=True)
+    del frame
+    name = signal.Signals(signum).name
+    if self.signal == "SIGINT" and name == "SIGINT":
+      raise KeyboardInterrupt("second Ctrl-C: stopped without saving")
+    if self.signal is None:
+      self.signal = name
+      again = " (Ctrl-C again to stop at once, without saving)" if name == "SIGINT" else ""
+      print(f"\n{name}: saving a checkpoint after this step, then stopping{again}",
+            file=sys.stderr, flush=True)
 
 
 def data_parallel(mesh) -> int:
@@ -121,70 +135,113 @@ class Stage:
 
 
 def _nonfinite_message(nonfinite: int, step: int, last_saved: int | None) -> str:
-  where = (f"the last good state is in the checkpoint of step {last_saved}"
-           if last_saved is not None else "no checkpoint holds a good state")
-  return (f"{nonfinite} consecutive steps had non-finite loss or gradients (step {step}); "
-          f"updates were skipped, {where}")
+  first = step - nonfinite + 1
+  if last_saved is None:
+    where = "no checkpoint was written before them"
+  elif last_saved < first:
+    where = f"the latest checkpoint (step {last_saved}) was written before them"
+  else:
+    where = (f"the latest checkpoint (step {last_saved}) holds the weights of step "
+             f"{first - 1} (skipped steps change nothing but the counters)")
+  return (f"training diverged: steps {first}..{step} ({nonfinite} in a row, "
+          f"train.nan_patience) had a non-finite or overflowing loss or gradient norm and "
+          f"were skipped; {where}. Lower train.lr or set train.grad_clip")
 
 
-def run(stage: Stage, workdir: str, stop_at: int | None = None) -> dict:
-  """Train (or resume) until train.steps, or until `stop_at` steps for a time-boxed run
-  (checkpointed like a preemption; run again to continue). Returns the summary, also
-  written to <workdir>/summary.json."""
+def _restore(stage: Stage, ckpt: Checkpointer, step: int, workdir: str, changes: dict):
+  """(state, shardings, meta) of the checkpoint of `step`, or a ValueError saying why the
+  config's train state does not fit it."""
+  abstract = stage.abstract_state()
+  shardings = sharding.state_shardings(abstract, stage.mesh, stage.rules)
+  try:
+    state, meta = ckpt.restore(abstract, shardings, stage.iterator, step=step)
+  except Exception as e:  # noqa: BLE001 -- orbax's errors name neither key nor config
+    if isinstance(e, ValueError) and "layout" in str(e):
+      raise
+    first = str(e).strip().splitlines()[0]
+    raise ValueError(
+        f"the checkpoint of step {step} in {workdir} does not fit this config's train "
+        f"state ({first}); keys changed since the run started: "
+        f"{sorted(changes) or 'none'}") from None
+  return state, shardings, meta
+
+
+def run(make_stage: Callable[[Any], Stage], config, workdir: str,
+        stop_at: int | None = None) -> dict:
+  """Train (or resume) `make_stage(config)` in `workdir` until train.steps, or until
+  `stop_at` steps for a time-boxed run (checkpointed like a preemption; run again to
+  continue). Returns the summary, also written to <workdir>/summary.json.
+
+  The run directory is locked for the whole run (`run_dir.RunLock`), and a resume is
+  checked against the stored config before anything is built or written.
+  """
   t0 = time.time()
+  t = config.train
+  with run_dir.RunLock(workdir):
+    ckpt = Checkpointer(workdir, t.keep_ckpts, async_save=config.platform != "cpu",
+                        layout=make_stage.layout)
+    try:
+      last_saved = ckpt.latest_step()
+      changes = ({} if last_saved is None else
+                 run_dir.check_resumable(workdir, config, last_saved))
+      stage = make_stage(config)   # the stage's own checks (data, files) come next
+      if last_saved is None:
+        state, shardings = stage.create_state()
+        start = 0
+      else:  # restore straight into the sharded layout; no throw-away initialisation
+        state, shardings, meta = _restore(stage, ckpt, last_saved, workdir, changes)
+        start = int(meta["step"])
+      run_dir.record_start(workdir, config, start, resumed=last_saved is not None)
+      return _train(stage, state, shardings, start, ckpt, last_saved, workdir, stop_at, t0)
+    finally:
+      ckpt.close()
+
+
+def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
+           last_saved: int | None, workdir: str, stop_at: int | None, t0: float) -> dict:
+  """The step loop of `run`, from step `start`; returns the summary."""
   config, mesh, rules = stage.config, stage.mesh, stage.rules
   t = config.train
-  save_config(workdir, config)
-  ckpt = Checkpointer(workdir, t.keep_ckpts, async_save=config.platform != "cpu",
-                      layout=stage.layout)
-  start = 0
-  last_saved = ckpt.latest_step()
-  if last_saved is None:
-    state, shardings = stage.create_state()
-  else:  # restore straight into the sharded layout; no throw-away initialisation
-    abstract = stage.abstract_state()
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    state, meta = ckpt.restore(abstract, shardings, stage.iterator)
-    start = int(meta["step"])
   batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
   step_fn = stage.make_step(shardings, batch_sharding)
-
-  logger = Logger(workdir)
-  preempt = Preemption()
-  bar = progress_bar(t.steps, start)
+  logger = Logger(workdir, start)
   stage.begin(state, start, logger)
   step = start
   end = t.steps if stop_at is None else min(stop_at, t.steps)
-  try:
-    while step < end:
-      batch = stage.device_batch(next(stage.iterator), batch_sharding)
-      with sharding.use_mesh(mesh, rules):
-        state, metrics = step_fn(state, batch, step)
-      step += 1
-      bar.update(1)
-      if step % t.log_every == 0 or step == end:
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        logger.scalars(step, {f"train/{k}": v for k, v in host.items()} | stage.log_extras())
-        bar.set_postfix(**stage.on_log(host))
-        nonfinite = int(state.nonfinite)
-        if nonfinite >= t.nan_patience:
-          raise FloatingPointError(_nonfinite_message(nonfinite, step, last_saved))
-      if step != end:
-        stage.periodic(state, step, logger)
-      if step % t.ckpt_every == 0 or preempt.requested or step == end:
-        ckpt.save(step, state, stage.iterator, stage.checkpoint_meta())
-        last_saved = step
-      if preempt.requested:
-        print(f"SIGTERM: checkpoint written at step {step}, exiting", file=sys.stderr)
-        break
-  finally:
-    bar.close()
-  if not preempt.requested:
+  progress = Progress(t.steps, start, unit="step", label="train")
+  with Interrupts() as stop:
+    try:
+      while step < end:
+        batch = stage.device_batch(next(stage.iterator), batch_sharding)
+        with sharding.use_mesh(mesh, rules):
+          state, metrics = step_fn(state, batch, step)
+        step += 1
+        if step % t.log_every == 0 or step == end:
+          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          logger.scalars(step, {f"train/{k}": v for k, v in host.items()} | stage.log_extras())
+          progress.set_postfix(**stage.on_log(host))
+          nonfinite = int(state.nonfinite)
+          if nonfinite >= t.nan_patience:
+            raise FloatingPointError(_nonfinite_message(nonfinite, step, last_saved))
+        progress.update(1)
+        if step != end and stop.signal is None:
+          stage.periodic(state, step, logger)
+        if step % t.ckpt_every == 0 or stop.signal or step == end:
+          ckpt.save(step, state, stage.iterator, stage.checkpoint_meta())
+          last_saved = step
+        if stop.signal:
+          ckpt.wait()
+          print(f"{stop.signal}: checkpoint written at step {step}; run the same command "
+                f"again to resume", file=sys.stderr, flush=True)
+          break
+    finally:
+      progress.close()
+  if stop.signal is None:
     stage.finish(state, step, logger)
-  ckpt.close()
   summary = {"workdir": os.path.abspath(workdir), "start_step": start, "steps": step,
              **stage.summary(state, step, workdir), "skipped_steps": int(state.skipped),
-             "preempted": preempt.requested, "seconds": round(time.time() - t0, 1)}
+             "preempted": stop.signal is not None, "stopped_by": stop.signal,
+             "seconds": round(time.time() - t0, 1)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)

@@ -1,5 +1,6 @@
-"""What every training step does after its gradients: the finiteness guard, the update
-applied only when everything is finite (counting skipped steps otherwise), and the EMA.
+"""What every training step does after its gradients: the finiteness guard (loss and
+gradient norms), the update applied only when they are finite (counting skipped steps
+otherwise), and the EMA.
 
 Train states are NamedTuples with `step`, `nonfinite` (consecutive skipped steps) and
 `skipped` (all skipped steps), int32 scalars.
@@ -10,14 +11,21 @@ from typing import Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
+import optax
 
 State = TypeVar("State")
 
 
-def tree_all_finite(tree) -> jax.Array:
-  """True when every element of every leaf is finite (a bool scalar)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def finite_update(loss: jax.Array, *grads) -> tuple[jax.Array, list[jax.Array]]:
+  """(ok, [global L2 norm of each gradient tree]); ok (a bool scalar) when the loss and
+  every norm are finite. A norm is NaN or inf when any element is, and inf when its sum of
+  squares overflows float32 (|g| above ~1e19): divergence that an element-wise check of
+  the gradients misses."""
+  norms = [optax.tree.norm(g) for g in grads]
+  ok = jnp.isfinite(loss)
+  for norm in norms:
+    ok = ok & jnp.isfinite(norm)
+  return ok, norms
 
 
 def ema_update(ema, params, decay: float):

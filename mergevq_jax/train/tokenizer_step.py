@@ -20,7 +20,7 @@ from flax import nnx
 from mergevq_jax import host_memory
 from mergevq_jax.eval.metrics import psnr
 from mergevq_jax.train import losses
-from mergevq_jax.train.optim import ema_update, guarded_update, tree_all_finite
+from mergevq_jax.train.optim import ema_update, finite_update, guarded_update
 from mergevq_jax.train.tokenizer_state import Graphs, TrainState, lr_schedule, optimizer
 
 
@@ -108,7 +108,7 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
       total, _ = jax.lax.scan(body, zeros, micro)
       g_grads, d_grads, terms = jax.tree.map(lambda x: x / t.accum_steps, total)
 
-    finite = tree_all_finite((g_grads, d_grads, terms["g_total"]))
+    finite, (g_norm, _) = finite_update(terms["g_total"], g_grads, d_grads)
 
     def apply(state: TrainState) -> TrainState:
       updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
@@ -126,7 +126,7 @@ def make_train_step(config, graphs: Graphs, frozen_graphs: Frozen) -> Callable:
 
     new = guarded_update(state, finite, apply)
     metrics = {**terms, "finite": finite.astype(jnp.float32), "lr": schedule(state.step),
-               "g_grad_norm": optax.tree.norm(g_grads), "adv_on": adv_on}
+               "g_grad_norm": g_norm, "adv_on": adv_on}
     return new, metrics
 
   return step

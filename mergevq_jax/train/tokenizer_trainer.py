@@ -169,4 +169,4 @@ class TokenizerStage(loop.Stage):
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
   """Train (or resume) until train.steps, or until `stop_at` steps for a time-boxed run
   (checkpointed like a preemption; run again to continue)."""
-  return loop.run(TokenizerStage(config), workdir, stop_at)
+  return loop.run(TokenizerStage, config, workdir, stop_at)

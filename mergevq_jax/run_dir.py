@@ -1,0 +1,257 @@
+"""A run directory, kept the way a database keeps its data files: one writer at a time, and a
+config that never changes under its checkpoints.
+
+  <workdir>/lock                  the holder (JSON: pid, host, start time, command line),
+                                  flock-ed while a job runs: a second job on the same run is
+                                  refused, and the lock of a job that died is free again
+  <workdir>/config.json           the config the run started with; never rewritten once a
+                                  checkpoint exists
+  <workdir>/config_history.jsonl  append-only, one line per start: time, host, step, and
+                                  the keys that differ from config.json (new steps, lr,
+                                  batch, data path...)
+
+A resume may change anything but the architecture (`ARCHITECTURE` below): a changed
+architecture key is a one-line error naming each key and both values, before anything is
+written. `load_config(workdir)` is config.json with the latest start's changes applied.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+LOCK_FILE = "lock"
+# Sections a checkpoint depends on (the weights' shapes and what they compute), and the
+# stage...
+ARCHITECTURE = ("model.", "disc.")
+# ...except these keys, which choose how the same weights run.
+MAY_CHANGE = ("model.num_keep", "model.keep_candidates", "model.keep_probs",
+              "model.attention_impl", "model.remat")
+
+
+class RunInUse(ValueError):
+  """Another live job holds the run directory."""
+
+
+def check_workdir(workdir: str) -> None:
+  """ValueError when `workdir` cannot be a run directory (a file, or under a file)."""
+  path = os.path.abspath(workdir)
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  if path and not os.path.isdir(path):
+    raise ValueError(f"--workdir={workdir}: {path} is a file, not a directory")
+
+
+def _json_config(config) -> dict:
+  """The config as plain JSON values (tuples as lists), as stored in config.json."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _tuples(tree):
+  """JSON lists back to tuples (configs use tuples for sequences)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def config_changes(stored: dict, requested: dict) -> dict[str, list]:
+  """{dotted key: [stored value, requested value]} for every key that differs (a key on
+  one side only has None on the other)."""
+  a, b = _flat(stored), _flat(requested)
+  return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def architecture_keys(changes: dict) -> dict[str, list]:
+  return {k: v for k, v in changes.items() if k == "stage" or (
+      k.startswith(ARCHITECTURE) and k not in MAY_CHANGE)}
+
+
+def read_stored_config(workdir: str) -> dict | None:
+  """config.json as JSON values, or None for a new run directory."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_history(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, HISTORY_FILE)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    tree = tree.setdefault(p, {})
+  tree[leaf] = value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config: config.json with the latest start's changes (config_history)."""
+  stored = read_stored_config(workdir)
+  if stored is None:
+    raise ValueError(f"{os.path.join(workdir, CONFIG_FILE)} not found: {workdir!r} is not a "
+                     f"mergevq_jax run directory")
+  history = read_history(workdir)
+  for key, (_, new) in (history[-1].get("changes", {}) if history else {}).items():
+    _set(stored, key, new)
+  return ml_collections.ConfigDict(_tuples(stored))
+
+
+def save_config(workdir: str, config) -> None:
+  """Write <workdir>/config.json atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+
+
+def _describe(changes: dict) -> str:
+  return "; ".join(f"{k}={old!r} in the run, {new!r} requested" for k, (old, new) in
+                   changes.items())
+
+
+def check_resumable(workdir: str, config, step: int) -> dict[str, list]:
+  """The requested config's changes against the stored one (for config_history); a
+  ValueError naming every changed architecture key when the run at `step` cannot resume
+  with it. Nothing is written."""
+  stored = read_stored_config(workdir)
+  if stored is None:
+    return {}
+  changes = config_changes(stored, _json_config(config))
+  arch = architecture_keys(changes)
+  if arch:
+    raise ValueError(
+        f"--workdir={workdir} holds a run (checkpoint of step {step}) of another "
+        f"architecture: {_describe(arch)}. Resume with the run's own values "
+        f"({os.path.join(workdir, CONFIG_FILE)}) or start a new --workdir")
+  return changes
+
+
+def record_start(workdir: str, config, step: int, resumed: bool) -> None:
+  """A new run (no checkpoint yet) writes config.json; every start appends its line to
+  config_history.jsonl (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  stored = read_stored_config(workdir) if resumed else None
+  if stored is None:
+    save_config(workdir, config)
+  changes = config_changes(stored, _json_config(config)) if stored is not None else {}
+  entry = {"time": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+           "step": int(step), "event": "resume" if resumed else "start", "changes": changes}
+  with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+    f.write(json.dumps(entry) + "\n")
+
+
+def _now() -> str:
+  return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# Lock files this process holds: real path -> [fd, depth]. Re-entrant, so the main job and
+# the stage it runs can both take the run's lock.
+_HELD: dict[str, list] = {}
+
+
+class RunLock:
+  """`with RunLock(workdir):` -- the job's exclusive hold of a run directory (process 0).
+
+  A second job on a held run gets `RunInUse` naming the holder; the lock of a holder that
+  died (kill -9, a crashed host) is free and is taken over with a warning.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_FILE)
+
+  def __enter__(self) -> "RunLock":
+    if jax.process_index() != 0:
+      return self
+    check_workdir(self.workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    key = os.path.realpath(self.path)
+    if key in _HELD:
+      _HELD[key][1] += 1
+      return self
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = _read_holder(fd)
+      os.close(fd)
+      raise RunInUse(f"--workdir={self.workdir} is in use by {_who(holder)}; a second job "
+                     f"would corrupt its checkpoints and logs. Wait for it, stop it, or use "
+                     f"another --workdir") from None
+    previous = _read_holder(fd)
+    if previous:
+      message = (f"{self.path}: taking over the lock of {_who(previous)}, which is no longer "
+                 f"running")
+      logging.warning(message)
+      print(f"warning: {message}", file=sys.stderr)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+              "command": " ".join(sys.argv)}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+    os.fsync(fd)
+    _HELD[key] = [fd, 1]
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if jax.process_index() != 0:
+      return
+    key = os.path.realpath(self.path)
+    held = _HELD.get(key)
+    if held is None:
+      return
+    held[1] -= 1
+    if held[1] == 0:
+      del _HELD[key]
+      os.ftruncate(held[0], 0)   # empty: released cleanly (the file stays, see _read_holder)
+      fcntl.flock(held[0], fcntl.LOCK_UN)
+      os.close(held[0])
+
+
+def _read_holder(fd: int) -> dict:
+  """The holder record in a lock file ({} when empty: free, or released cleanly)."""
+  data = os.pread(fd, 65536, 0)
+  if not data.strip():
+    return {}
+  try:
+    return json.loads(data)
+  except ValueError:
+    return {"unreadable lock file": data[:80].decode(errors="replace")}
+
+
+def _who(holder: dict) -> str:
+  if "pid" not in holder:
+    return f"another process ({holder})"
+  return (f"pid {holder['pid']} on host {holder.get('host')} since {holder.get('started')} "
+          f"(`{holder.get('command', '')}`)")
