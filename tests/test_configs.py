@@ -101,3 +101,10 @@ def test_info_says_when_the_pruned_cache_saves_nothing():
   info = json.loads(run_info("--config=configs/mergear_tiny.py").stdout)
   assert info["cache_slots_pruned"]["64"] > info["cache_slots_full"]     # K = L
   assert "K=[64]" in info["cache_note"] and "saves no memory" in info["cache_note"]
+
+
+def test_tiny_config_trains_in_minutes_as_its_docstring_says():
+  cfg = load_config("tokenizer_tiny")
+  assert "a few minutes" in (ROOT / "configs" / "tokenizer_tiny.py").read_text()
+  assert cfg.train.batch_size * cfg.train.steps <= 2000   # not 256 x 1,000,000
+  assert cfg.train.eval_every <= cfg.train.steps and cfg.train.ckpt_every <= cfg.train.steps

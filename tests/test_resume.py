@@ -1,6 +1,9 @@
 """Checkpoint/resume: 2N steps in one run == N steps, restart, N more steps."""
+import os
+
 import jax
 import numpy as np
+import pytest
 
 from mergevq_jax import sharding
 from mergevq_jax.checkpoint import Checkpointer
@@ -48,3 +51,18 @@ def test_restart_equals_uninterrupted(tmp_path):
   # TensorBoard event files with the training scalars (tensorboardX is a dependency)
   events = list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
   assert events and b"train/g_total" in events[0].read_bytes()
+  # A resume that cannot work touches nothing: another architecture is refused by key
+  # before anything is built; a mistyped data path fails at the data check.
+  split = tmp_path / "split"
+  kept = {f: (split / f).read_bytes() for f in ("config.json", "config_history.jsonl")}
+  wider = run_config()
+  wider.model.ch = 64
+  with pytest.raises(ValueError, match=r"checkpoint of step 6\) of another architecture: "
+                                       r"model.ch=32 in the run, 64 requested"):
+    train(wider, str(split))
+  typo = run_config()
+  typo.data.source, typo.data.path = "folder", str(tmp_path / "imagenett")
+  with pytest.raises(ValueError, match="imagenett"):
+    train(typo, str(split))
+  assert kept == {f: (split / f).read_bytes() for f in kept}
+  assert sorted(os.listdir(split / "checkpoints")) == ["3", "6"]

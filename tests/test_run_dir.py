@@ -126,18 +126,17 @@ def test_progress_lines_without_a_terminal():
   assert lines[1].endswith("| loss=0.5")
 
 
-# The config of test_resume (same compiled step), through the command line.
+# The demo, shrunk to compile fast (one ToMe block, one K, no recovery or discriminator).
 SMALL = ["--config=configs/demo_cpu.py", "--config.model.image_size=32",
-         "--config.model.ch_mult=(1,1,2)", "--config.model.num_layers=2",
-         "--config.model.keep_candidates=(36,49)", "--config.model.keep_probs=(0.5,0.5)",
-         "--config.disc.base_channels=16", "--config.disc.num_layers=2",
-         "--config.train.batch_size=4", "--config.train.lr=2e-3", "--config.loss.disc_start=1",
-         "--config.data.eval_images=2", "--config.train.log_every=1",
-         "--config.train.eval_every=1000000", "--config.train.ckpt_every=1000000",
-         "--config.train.steps=1000", "--config.stage2.mergear_config="]
+         "--config.model.ch_mult=(1,1,2)", "--config.model.num_layers=1",
+         "--config.model.keep_candidates=(36,)", "--config.model.keep_probs=(1.0,)",
+         "--config.model.recovery.enabled=False", "--config.disc.enabled=False",
+         "--config.train.batch_size=2", "--config.data.eval_images=1",
+         "--config.train.log_every=1", "--config.train.eval_every=1000000",
+         "--config.train.ckpt_every=1000000", "--config.train.steps=1000"]  # stage 2 stays on
 
 
-def test_ctrl_c_saves_a_checkpoint_and_ends_the_job(tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_ends_the_whole_job(tmp_path):
   workdir = tmp_path / "run"
   p = subprocess.Popen([sys.executable, "-m", "mergevq_jax.main", *SMALL,
                         f"--workdir={workdir}"], cwd=ROOT, text=True,
@@ -157,5 +156,6 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_the_job(tmp_path):
   assert summary["stopped_by"] == "SIGINT" and 2 <= step < 1000
   assert f"SIGINT: checkpoint written at step {step}" in err
   assert sorted(os.listdir(workdir / "checkpoints")) == [str(step)]
+  assert not (workdir / "codes").exists() and not (workdir / "mergear").exists()  # job ended
   assert "train: step 1/1000" in err                         # progress without a terminal
   assert (workdir / "lock").read_text() == ""
