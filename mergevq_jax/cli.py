@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -88,7 +89,8 @@ def _parse_flags(argv):
       message = f"config key {key!r} does not exist"
     fail(message)
   except (TypeError, ValueError, flags.Error) as e:
-    fail(f"bad command line: {_root_message(e)}")
+    flag = re.match(r"flag (--\S+): ", str(e))   # absl names the flag at the top only
+    fail(f"bad command line: {flag.group(1) + ': ' if flag else ''}{_root_message(e)}")
 
 
 def run(main):

@@ -10,8 +10,9 @@ The config's `stage` key decides what is trained ('tokenizer' or 'mergear'). Res
 from the latest checkpoint in --workdir (changed steps, lr, batch, data paths are recorded
 in <workdir>/config_history.jsonl; a changed architecture is refused). One job per
 --workdir: a second is refused while the first runs. SIGTERM (preemption) and Ctrl-C save
-a checkpoint at the next step and end the job (exit 0 and 130); run it again to resume. A tokenizer config with stage2.mergear_config set (the
-demo) also tokenizes its training images and trains that MergeAR on them.
+a checkpoint at the next step and end the job (exit 0 and 130); run it again to resume.
+A tokenizer config with stage2.mergear_config set (the demo) also tokenizes its training
+images and trains that MergeAR on them.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
   python -m mergevq_jax.tokenize --tokenizer_workdir=RUN --out=CODES \
       [--keep_values=121,144,169] [--views=1] [--batch_size=64] \
-      [--source=folder --path=/data/imagenet --split=train]
+      [--source=folder --path=/data/imagenet --split=train] [--overwrite]
 
 See `mergevq_jax.data.tokenize_images` for what is written; the output directory is a
 `mergevq_jax.data.codes` dataset for `python -m mergevq_jax.main --config=configs/mergear_*.py`.

@@ -205,12 +205,12 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
   batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
   step_fn = stage.make_step(shardings, batch_sharding)
   logger = Logger(workdir, start)
-  stage.begin(state, start, logger)
   step = start
   end = t.steps if stop_at is None else min(stop_at, t.steps)
   progress = Progress(t.steps, start, unit="step", label="train")
   with Interrupts() as stop:
     try:
+      stage.begin(state, start, logger)
       while step < end:
         batch = stage.device_batch(next(stage.iterator), batch_sharding)
         with sharding.use_mesh(mesh, rules):
@@ -234,10 +234,11 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
           print(f"{stop.signal}: checkpoint written at step {step}; run the same command "
                 f"again to resume", file=sys.stderr, flush=True)
           break
+      if stop.signal is None:
+        stage.finish(state, step, logger)
     finally:
       progress.close()
-  if stop.signal is None:
-    stage.finish(state, step, logger)
+      logger.close()
   summary = {"workdir": os.path.abspath(workdir), "start_step": start, "steps": step,
              **stage.summary(state, step, workdir), "skipped_steps": int(state.skipped),
              "preempted": stop.signal is not None, "stopped_by": stop.signal,
@@ -245,5 +246,4 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
-  logger.close()
   return summary
