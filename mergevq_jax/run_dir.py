@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 import jax
@@ -206,6 +207,11 @@ class RunLock:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       holder = _read_holder(fd)
+      for _ in range(20):  # a holder that has just taken the lock writes its record next
+        if holder:
+          break
+        time.sleep(0.1)
+        holder = _read_holder(fd)
       os.close(fd)
       raise RunInUse(f"--workdir={self.workdir} is in use by {_who(holder)}; a second job "
                      f"would corrupt its checkpoints and logs. Wait for it, stop it, or use "
@@ -252,6 +258,6 @@ def _read_holder(fd: int) -> dict:
 
 def _who(holder: dict) -> str:
   if "pid" not in holder:
-    return f"another process ({holder})"
+    return f"another process ({holder or 'it has not written its record yet'})"
   return (f"pid {holder['pid']} on host {holder.get('host')} since {holder.get('started')} "
           f"(`{holder.get('command', '')}`)")
