@@ -73,7 +73,9 @@ class Checkpointer:
       items["data"] = data
     self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
-  def _step_and_meta(self, step: int | None) -> tuple[int, dict]:
+  def step_and_meta(self, step: int | None = None) -> tuple[int, dict]:
+    """(step, meta item) of a checkpoint (default: the latest); ValueError for another
+    layout or none."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise ValueError(f"no checkpoint in {self.directory}")
@@ -87,7 +89,7 @@ class Checkpointer:
   def restore(self, abstract_state: Any, shardings: Any, iterator=None,
               step: int | None = None) -> tuple[Any, dict]:
     """Restore (state placed per `shardings`, meta); the iterator is restored in place."""
-    step, meta = self._step_and_meta(step)
+    step, meta = self.step_and_meta(step)
     weights, rest = _split(abstract_state)
     weight_shardings, rest_shardings = _split(shardings)
     items = {name: ocp.args.StandardRestore(_targets(tree, weight_shardings[name]))
@@ -105,10 +107,15 @@ class Checkpointer:
     """Only the `field` ('params' or 'ema') item, placed per `shardings`: (weights, meta)."""
     if field not in WEIGHTS:
       raise ValueError(f"field must be one of {WEIGHTS}, got {field!r}")
-    step, meta = self._step_and_meta(step)
+    step, meta = self.step_and_meta(step)
     out = self.manager.restore(step, args=ocp.args.Composite(
         **{field: ocp.args.StandardRestore(_targets(abstract, shardings))}))
     return out[field], meta
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step all hosts agreed to save at after a preemption notice (JAX's
+    preemption service; always False in a single process)."""
+    return self.manager.reached_preemption(step)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -1,7 +1,8 @@
 """Run by test_sharding.py in a subprocess with 8 fake CPU devices; prints one JSON line.
 
 For each mesh: initialise the tiny tokenizer directly sharded, run the jitted
-reconstruction on a sharded batch, and compare with the single-device result.
+reconstruction on a sharded batch, and compare with the single-device result; then the
+per-device bytes of the whole train state on a replicated and on FSDP meshes.
 """
 import json
 import os
@@ -50,7 +51,29 @@ def main():
         "stem_spec": [str(a) for a in stem.sharding.spec],
         "output_spec": [str(a) for a in img.sharding.spec],
     }
+  results["state_bytes"] = train_state_bytes_on_one_device(cfg)
   print(json.dumps(results))
+
+
+def train_state_bytes_on_one_device(cfg) -> dict:
+  """Bytes of the stage-1 train state's buffers on device 0, per mesh: replicated (data
+  parallel), fsdp over 4 and over 8 devices. The buffers are placed with the shardings
+  the trainer initialises and restores into (`sharding.state_shardings`)."""
+  from mergevq_jax.train.tokenizer_state import abstract_state
+  abstract = abstract_state(cfg)
+  dev0 = jax.devices()[0]
+  out = {}
+  for shape in [(8, 1, 1), (2, 4, 1), (1, 8, 1)]:
+    shardings = sharding.state_shardings(abstract, sharding.make_mesh(shape),
+                                         sharding.DEFAULT_RULES)
+    state = jax.tree.map(lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
+                         abstract, shardings)
+    on_dev0 = lambda tree: sum(s.data.nbytes for x in jax.tree.leaves(tree)
+                               for s in x.addressable_shards if s.device == dev0)
+    out["x".join(map(str, shape))] = {"params": on_dev0(state.params),
+                                      "opt_state": on_dev0(state.opt_state),
+                                      "total": on_dev0(state)}
+  return out
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from mergevq_jax import run_dir
@@ -136,28 +137,66 @@ SMALL = ["--config=configs/demo_cpu.py", "--config.model.image_size=32",
          "--config.train.ckpt_every=1000000", "--config.train.steps=1000"]  # stage 2 stays on
 
 
-def test_ctrl_c_saves_a_checkpoint_and_ends_the_whole_job(tmp_path):
-  workdir = tmp_path / "run"
-  p = subprocess.Popen([sys.executable, "-m", "mergevq_jax.main", *SMALL,
-                        f"--workdir={workdir}"], cwd=ROOT, text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  metrics = workdir / "metrics.jsonl"
+def start_training(workdir, *extra):
+  return subprocess.Popen([sys.executable, "-m", "mergevq_jax.main", *SMALL, *extra,
+                           f"--workdir={workdir}"], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def logged_losses(workdir) -> dict[int, float]:
+  """step -> the logged generator loss, from metrics.jsonl (empty before the first log)."""
+  path = workdir / "metrics.jsonl"
+  records = [json.loads(line) for line in (path.read_text().splitlines()
+                                           if path.exists() else [])]
+  return {r["step"]: r["train/g_total"] for r in records if "train/g_total" in r}
+
+
+def training_until(workdir, step, *extra):
+  """A training job that has logged `step` (and is still running)."""
+  p = start_training(workdir, *extra)
   deadline = time.time() + 400
-  while time.time() < deadline and p.poll() is None:
-    steps = [json.loads(line)["step"] for line in
-             (metrics.read_text().splitlines() if metrics.exists() else [])]
-    if max(steps, default=0) >= 2:                          # two steps trained
-      break
+  while (time.time() < deadline and p.poll() is None
+         and max(logged_losses(workdir), default=0) < step):
     time.sleep(0.2)
   assert p.poll() is None, p.communicate()
+  return p
+
+
+def test_ctrl_c_and_sigterm_save_end_the_job_and_the_restarts_continue_identically(tmp_path):
+  split = tmp_path / "split"
+  constant_lr = "--config.train.lr_drops=()"   # the schedule does not depend on train.steps
+  # Ctrl-C: a checkpoint at the next step, exit 130, stage 2 (MergeAR) never starts.
+  p = training_until(split, 2, constant_lr)
   p.send_signal(signal.SIGINT)
-  out, err = p.communicate(timeout=300)
+  _, err = p.communicate(timeout=300)
   assert p.returncode == 130, err
-  summary = json.loads((workdir / "summary.json").read_text())
-  step = summary["steps"]
-  assert summary["stopped_by"] == "SIGINT" and 2 <= step < 1000
-  assert f"SIGINT: checkpoint written at step {step}" in err
-  assert sorted(os.listdir(workdir / "checkpoints")) == [str(step)]
-  assert not (workdir / "codes").exists() and not (workdir / "mergear").exists()  # job ended
+  summary = json.loads((split / "summary.json").read_text())
+  s1 = summary["steps"]
+  assert summary["stopped_by"] == "SIGINT" and 2 <= s1 < 1000
+  assert f"SIGINT: checkpoint written at step {s1}" in err
+  assert sorted(os.listdir(split / "checkpoints")) == [str(s1)]
+  assert not (split / "codes").exists() and not (split / "mergear").exists()
   assert "train: step 1/1000" in err                         # progress without a terminal
-  assert (workdir / "lock").read_text() == ""
+  assert (split / "lock").read_text() == ""
+  # SIGTERM (preemption) after the restart: the same, exit 0.
+  p = training_until(split, s1 + 2, constant_lr)
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=300)
+  assert p.returncode == 0, err
+  summary = json.loads((split / "summary.json").read_text())
+  s2 = summary["steps"]
+  assert (summary["stopped_by"], summary["start_step"]) == ("SIGTERM", s1) and s2 > s1
+  assert f"SIGTERM: checkpoint written at step {s2}" in err
+  # Finish both the interrupted run and an uninterrupted one at s2 + 2 steps.
+  finish = [constant_lr, f"--config.train.steps={s2 + 2}", "--config.stage2.mergear_config="]
+  for workdir in (split, tmp_path / "straight"):
+    out = start_training(workdir, *finish)
+    _, err = out.communicate(timeout=600)
+    assert out.returncode == 0, err[-3000:]
+  history = run_dir.read_history(str(split))
+  assert [(e["event"], e["step"]) for e in history] == [("start", 0), ("resume", s1),
+                                                        ("resume", s2)]
+  assert set(history[2]["changes"]) == {"train.steps", "stage2.mergear_config"}
+  a, b = logged_losses(split), logged_losses(tmp_path / "straight")
+  assert sorted(a) == sorted(b) == list(range(1, s2 + 3))  # each step logged once
+  np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-5)

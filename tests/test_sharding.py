@@ -37,6 +37,16 @@ def test_large_parameters_are_sharded(sharded_results):
   assert sharded_results["2x2x2"]["qkv_spec"] == ["fsdp", "None", "tensor", "None"]
 
 
+def test_fsdp_divides_the_train_state_across_devices(sharded_results):
+  """Parameters + optimizer state per device fall to about 1/N of replicated with fsdp=N
+  (the few small or indivisible tensors stay replicated)."""
+  b = sharded_results["state_bytes"]
+  for mesh, n in (("2x4x1", 4), ("1x8x1", 8)):
+    for part in ("params", "opt_state", "total"):
+      ratio = b[mesh][part] / b["8x1x1"][part]
+      assert 1 / n <= ratio < 1.25 / n, (mesh, part, ratio)
+
+
 def test_indivisible_dims_replicate(sharded_results):
   # conv_in -> fsdp, but 3 RGB channels do not split 2 ways; conv_out (32) does.
   assert sharded_results["2x2x2"]["stem_spec"] == ["None", "None", "None", "tensor"]

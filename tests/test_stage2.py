@@ -22,23 +22,36 @@ from mergevq_jax import run_dir
 from mergevq_jax.run_dir import save_config
 from mergevq_jax.train.tokenizer_state import create_state
 
+from mergevq_jax.config import load_config_file
+
 from conftest import ROOT, load_config
 
 KEEPS = (25, 36)
+
+
+def tiny_tokenizer_config(**model):
+  cfg = load_config("tokenizer_tiny")
+  cfg.disc.enabled = False
+  cfg.model.update(model)
+  return cfg
+
+
+def save_tokenizer_checkpoint(workdir: str, step: int, cfg=None) -> None:
+  """config.json + a freshly initialised tiny tokenizer's checkpoint at `step`."""
+  cfg = cfg or tiny_tokenizer_config()
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, _ = create_state(cfg, mesh, sharding.DEFAULT_RULES)
+  save_config(workdir, cfg)
+  ckpt = Checkpointer(workdir, keep=2)
+  ckpt.save(step, state)
+  ckpt.close()
 
 
 @pytest.fixture(scope="module")
 def tokenizer_run(tmp_path_factory):
   """A stage-1 run directory: config.json + a checkpoint at step 0."""
   workdir = str(tmp_path_factory.mktemp("tok"))
-  cfg = load_config("tokenizer_tiny")
-  cfg.disc.enabled = False
-  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  state, _ = create_state(cfg, mesh, sharding.DEFAULT_RULES)
-  save_config(workdir, cfg)
-  ckpt = Checkpointer(workdir, keep=1)
-  ckpt.save(0, state)
-  ckpt.close()
+  save_tokenizer_checkpoint(workdir, 0)
   return workdir
 
 
@@ -221,3 +234,44 @@ def test_tokenize_cli_checks_its_output_first_and_shows_progress(tokenizer_run, 
     out = tokenize(target)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         out.stderr.strip()] and message in out.stderr, out.stderr
+
+
+def test_stage2_reuses_codes_of_the_same_tokenizer_step_and_never_a_stale_mergear(tmp_path):
+  """The main job's stage 2: codes are remade when the tokenizer moved on, and a MergeAR run
+  trained on older codes is set aside (renamed), never resumed; a MergeAR trainer given
+  codes of another tokenizer step refuses to resume."""
+  from mergevq_jax import main as main_lib
+  workdir = tmp_path / "tok"
+  cfg = tiny_tokenizer_config(keep_candidates=(36,), keep_probs=(1.0,))   # one K: one compile
+  save_tokenizer_checkpoint(str(workdir), 0, cfg)
+  ar_file = tmp_path / "mergear_small.py"   # ar_config()'s model, no sample grids
+  ar_file.write_text(
+      "from mergevq_jax.config import load_config_file\n"
+      "def get_config(platform=None):\n"
+      f"  c = load_config_file({str(ROOT / 'configs' / 'mergear_tiny.py')!r}, platform)\n"
+      "  c.model.width, c.model.num_layers, c.model.num_heads, c.model.ffn_dim = 64, 2, 2, 128\n"
+      "  c.train.batch_size, c.train.sample_every = 8, 0\n"
+      "  return c\n")
+  cfg.stage2.mergear_config = str(ar_file)
+  cfg.stage2.steps, cfg.stage2.views = 1, 1
+  first = main_lib.run_stage2(cfg, str(workdir))
+  assert first["steps"] == 1
+  manifest = workdir / "codes" / "manifest.json"
+  assert json.loads(manifest.read_text())["tokenizer_step"] == 0
+  made = manifest.stat().st_mtime_ns
+  main_lib.run_stage2(cfg, str(workdir))                      # nothing changed: reused
+  assert manifest.stat().st_mtime_ns == made
+  # The tokenizer trains on (a checkpoint of step 5 appears): new codes, new MergeAR.
+  save_tokenizer_checkpoint(str(workdir), 5, cfg)
+  main_lib.run_stage2(cfg, str(workdir))
+  assert json.loads(manifest.read_text())["tokenizer_step"] == 5
+  assert (tmp_path / "tok" / "mergear.tokenizer_step_0" / "checkpoints" / "1").is_dir()
+  ckpt = Checkpointer(str(workdir / "mergear"), keep=1, layout=MERGEAR_LAYOUT)
+  assert ckpt.step_and_meta()[1]["codes_tokenizer_step"] == 5
+  ckpt.close()
+  # The trainer itself: a run made from step-0 codes does not resume on step-5 codes.
+  ar_cfg = load_config_file(str(ar_file))
+  ar_cfg.train.steps, ar_cfg.data.codes_dir = 2, str(workdir / "codes")
+  with pytest.raises(ValueError, match="trained on codes of tokenizer step 0; the codes in "
+                                       ".* come from step 5"):
+    ar_trainer.train(ar_cfg, str(workdir / "mergear.tokenizer_step_0"))

@@ -151,6 +151,19 @@ class ARStage(loop.Stage):
     if self.sampler is not None:
       self.run_samples(state, step, logger)
 
+  def checkpoint_meta(self):
+    man = self.dataset.manifest
+    return {"codes_tokenizer_step": man.get("tokenizer_step"),
+            "codes_tokenizer_workdir": man.get("tokenizer_workdir")}
+
+  def check_checkpoint(self, meta):
+    had, has = meta.get("codes_tokenizer_step"), self.dataset.manifest.get("tokenizer_step")
+    if had is not None and has is not None and had != has:
+      raise ValueError(
+          f"this MergeAR run was trained on codes of tokenizer step {had}; the codes in "
+          f"data.codes_dir={self.config.data.codes_dir} come from step {has}. Train a new "
+          f"MergeAR (another --workdir) on them, or point data.codes_dir at step {had}'s codes")
+
   def summary(self, state, step: int, workdir: str):
     last = self.last
     return {"loss_first_log": self.first_loss, "loss_last_log": last["loss"] if last else None,

@@ -30,7 +30,13 @@ from mergevq_jax.train.logger import Logger
 class Interrupts:
   """`with Interrupts() as stop:` -- SIGTERM (preemption) and SIGINT (Ctrl-C) set
   `stop.signal` so the loop checkpoints at the next step boundary and ends; a second Ctrl-C
-  stops at once (KeyboardInterrupt). The previous handlers come back on exit."""
+  stops at once (KeyboardInterrupt). The previous handlers come back on exit.
+
+  With several processes the handlers stay off: JAX's preemption service (started by
+  `jax.distributed.initialize`) takes SIGTERM on any host and agrees a step with all
+  of them, which the loop reads through `Checkpointer.reached_preemption`; a save on one
+  host alone would hang the others.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -39,6 +45,8 @@ class Interrupts:
     self.previous = {}
 
   def __enter__(self) -> "Interrupts":
+    if jax.process_count() > 1:
+      return self
     try:
       self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     except ValueError:  # not in the main thread: no handlers
@@ -129,6 +137,10 @@ class Stage:
   def checkpoint_meta(self) -> dict:
     return {}
 
+  def check_checkpoint(self, meta: dict) -> None:
+    """ValueError when the checkpoint to resume (its `meta` item) was made from other
+    inputs than this run has (e.g. codes of another tokenizer step)."""
+
   def summary(self, state, step: int, workdir: str) -> dict:
     """Stage entries of summary.json."""
     return {}
@@ -189,6 +201,7 @@ def run(make_stage: Callable[[Any], Stage], config, workdir: str,
         state, shardings = stage.create_state()
         start = 0
       else:  # restore straight into the sharded layout; no throw-away initialisation
+        stage.check_checkpoint(ckpt.step_and_meta(last_saved)[1])
         state, shardings, meta = _restore(stage, ckpt, last_saved, workdir, changes)
         start = int(meta["step"])
       run_dir.record_start(workdir, config, start, resumed=last_saved is not None)
@@ -224,6 +237,8 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
           if nonfinite >= t.nan_patience:
             raise FloatingPointError(_nonfinite_message(nonfinite, step, last_saved))
         progress.update(1)
+        if stop.signal is None and ckpt.reached_preemption(step):   # multi-host agreement
+          stop.signal = "SIGTERM"
         if step != end and stop.signal is None:
           stage.periodic(state, step, logger)
         if step % t.ckpt_every == 0 or stop.signal or step == end:
