@@ -85,6 +85,23 @@ def test_tokenized_codes_are_the_expanded_encoding(tokenizer_run, codes_dir):
   np.testing.assert_array_equal(expand_codes(enc.indices, enc.owner)[0], item["codes"])
 
 
+def test_codes_dataset_is_the_same_whatever_the_number_of_processes(tokenizer_run, tmp_path):
+  """Each process tokenizes its own images into its own shard; read back, the dataset's rows
+  are in the same order as one process's (so MergeAR draws the same batches)."""
+  tokenizer, _, _ = pretrained.load_tokenizer(tokenizer_run)
+  for count in (1, 2):
+    for p in range(count):
+      tokenize_dataset(tokenizer, SampleImages(), str(tmp_path / str(count)), KEEPS, views=2,
+                       batch_size=4, process_index=p, process_count=count, progress=False)
+  one, two = (codes_lib.CodeDataset(str(tmp_path / str(c))) for c in (1, 2))
+  assert len(one) == len(two) == 2 * len(SampleImages())
+  for name in ("codes", "keep", "label"):
+    np.testing.assert_array_equal(one.column(name), two.column(name))
+  for i in (0, 5, len(one) - 1):
+    for key in ("codes", "keep", "label"):
+      np.testing.assert_array_equal(one[i][key], two[i][key])
+
+
 def test_expand_codes_follows_the_owner():
   indices = jnp.array([[7, 9, 11]])
   owner = jnp.array([[0, 0, 2, 1, 2]])

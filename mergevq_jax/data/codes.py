@@ -7,8 +7,12 @@ Layout of a codes directory:
                                       the code of the merged token that owns it)
   shard-<p>-of-<n>.keep.npy           (N_p,) int32 K (merge instruction) of each sequence
   shard-<p>-of-<n>.label.npy          (N_p,) int32 class label
+  shard-<p>-of-<n>.item.npy           (N_p,) int32 place of the sequence in the dataset
+                                      (view * images + image)
 Each process writes its own shard (files renamed into place when complete); readers
-memory-map every shard, so the dataset never has to fit in RAM.
+memory-map every shard, so the dataset never has to fit in RAM, and order the rows by
+`item`: the dataset is the same whatever number of processes wrote it (so are the
+batches a MergeAR run draws from it).
 """
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ import os
 
 import numpy as np
 
-FORMAT = "mergevq_jax.codes.v1"
-ARRAYS = ("codes", "keep", "label")
+FORMAT = "mergevq_jax.codes.v2"   # v2: + item
+ARRAYS = ("codes", "keep", "label", "item")
 
 
 def shard_prefix(directory: str, process_index: int, process_count: int) -> str:
@@ -27,15 +31,15 @@ def shard_prefix(directory: str, process_index: int, process_count: int) -> str:
 
 
 def write_shard(directory: str, process_index: int, process_count: int, codes: np.ndarray,
-                keep: np.ndarray, label: np.ndarray) -> str:
+                keep: np.ndarray, label: np.ndarray, item: np.ndarray) -> str:
   """Write one process's arrays atomically (tmp file + rename). Returns the prefix."""
   n = len(codes)
-  if codes.ndim != 2 or keep.shape != (n,) or label.shape != (n,):
-    raise ValueError(f"codes (N, L), keep (N,), label (N,) expected, got {codes.shape}, "
-                     f"{keep.shape}, {label.shape}")
+  if codes.ndim != 2 or keep.shape != (n,) or label.shape != (n,) or item.shape != (n,):
+    raise ValueError(f"codes (N, L), keep, label and item (N,) expected, got {codes.shape}, "
+                     f"{keep.shape}, {label.shape}, {item.shape}")
   os.makedirs(directory, exist_ok=True)
   prefix = shard_prefix(directory, process_index, process_count)
-  for name, array in zip(ARRAYS, (codes, keep, label)):
+  for name, array in zip(ARRAYS, (codes, keep, label, item)):
     tmp = f"{prefix}.{name}.tmp.npy"
     np.save(tmp, np.asarray(array, np.int32))
     os.replace(tmp, f"{prefix}.{name}.npy")
@@ -81,6 +85,8 @@ class CodeDataset:
                          f"L={self.num_positions}")
     self._parts = parts
     self._offsets = np.cumsum([0] + [len(c) for c in parts["codes"]])
+    self._rows = np.argsort(np.concatenate([np.asarray(a) for a in parts["item"]]),
+                            kind="stable")   # dataset index -> row over the shards
 
   def __len__(self) -> int:
     return int(self._offsets[-1])
@@ -89,6 +95,7 @@ class CodeDataset:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(index)
+    index = int(self._rows[index])
     part = int(np.searchsorted(self._offsets, index, side="right") - 1)
     i = index - int(self._offsets[part])
     return {"codes": np.asarray(self._parts["codes"][part][i], np.int32),
@@ -96,5 +103,5 @@ class CodeDataset:
             "label": int(self._parts["label"][part][i])}
 
   def column(self, name: str) -> np.ndarray:
-    """One array over all shards, e.g. column('keep') (N,)."""
-    return np.concatenate([np.asarray(a) for a in self._parts[name]])
+    """One array over all shards in dataset order, e.g. column('keep') (N,)."""
+    return np.concatenate([np.asarray(a) for a in self._parts[name]])[self._rows]

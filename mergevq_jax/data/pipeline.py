@@ -1,15 +1,17 @@
-"""grain input pipelines: the training iterator (per-process shard, checkpointable) and a
-fixed evaluation batch.
+"""grain input pipelines: the training iterator (this process's slice of each global
+batch, checkpointable) and a fixed evaluation batch.
 
-    source -> [process_index::process_count] -> shuffle(seed) -> repeat (reshuffled each
-    epoch) -> random_map(TrainAugment, seed) -> batch(per-process batch, drop_remainder)
+    source -> shuffle(seed) -> repeat (reshuffled each epoch) -> random_map(TrainAugment,
+    seed)   = the global stream, the same on every process
+    -> this process's rows of each global batch -> batch(per-process batch)
     -> to_iter_dataset (+ mp_prefetch with data.num_workers worker processes)
 
-Batches are formed inside the MapDataset, so batch j is a pure function of (seed, source,
-process_index, process_count, j): the same with 0 or N workers, and `iterator.get_state()`
-(a small dict; store it with the checkpoint) + `set_state()` resume at the identical next
-batch. Each process loads only its own shard and its own slice of the global batch; the
-trainer assembles the global array with `jax.make_array_from_process_local_data`.
+Global batch j is the stream's elements [j*B, (j+1)*B), a pure function of (seed, source,
+j), whatever the number of processes or workers; process p of P loads (decodes and
+augments) only its rows [p*B/P, (p+1)*B/P) of it, and the trainer assembles the global
+array with `jax.make_array_from_process_local_data`. So a run on 2 hosts sees exactly the
+batches of a run on 1. `iterator.get_state()` (a small dict; stored with the checkpoint) +
+`set_state()` resume at the identical next batch.
 """
 from __future__ import annotations
 
@@ -70,33 +72,45 @@ def make_train_dataset(config, *, seed: int, process_index=None, process_count=N
   """The infinite MapDataset of per-process training batches (see module docstring).
   `source` overrides `source_from_config(config)` (any object with __len__/__getitem__)."""
   process_index, process_count = process_layout(process_index, process_count)
-  batch = per_process_batch_size(config.train.batch_size, process_count)
+  per_process_batch_size(config.train.batch_size, process_count)
   num_workers = int(config.data.num_workers)
   if num_workers < 0:
     raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
   transform = augment_lib.TrainAugment.from_config(config)   # validates the view settings
   source = sources_lib.source_from_config(config) if source is None else source
-  if len(source) < process_count:
-    raise ValueError(f"the data source has {len(source)} images, fewer than the "
-                     f"{process_count} processes that each need a shard")
-  return shuffled_batches(source, batch, seed=seed, process_index=process_index,
+  return shuffled_batches(source, config.train.batch_size, seed=seed, process_index=process_index,
                           process_count=process_count, transform=transform)
 
 
-def shuffled_batches(source, batch: int, *, seed: int, process_index: int, process_count: int,
-                     transform=None) -> grain.MapDataset:
-  """This process's shard of `source`, shuffled (reshuffled every epoch), repeated forever,
-  optionally mapped by a grain RandomMapTransform, in batches of `batch`."""
-  # Independent, process-specific seeds for the shuffle and the augmentations.
+class _ProcessRows:
+  """Element k of process p's stream: row p*b + k % b of global batch k // b (b = B/P)."""
+
+  def __init__(self, stream, global_batch: int, process_index: int, process_count: int):
+    self.stream, self.global_batch = stream, global_batch
+    self.local = global_batch // process_count
+    self.offset = process_index * self.local
+
+  def __len__(self) -> int:
+    return len(self.stream) // self.global_batch * self.local
+
+  def __getitem__(self, k: int):
+    j, row = divmod(int(k), self.local)
+    return self.stream[j * self.global_batch + self.offset + row]
+
+
+def shuffled_batches(source, global_batch: int, *, seed: int, process_index: int,
+                     process_count: int, transform=None) -> grain.MapDataset:
+  """This process's rows of each global batch of `source` (shuffled, reshuffled every
+  epoch, repeated forever, optionally mapped by a grain RandomMapTransform)."""
+  batch = per_process_batch_size(global_batch, process_count)
   shuffle_seed, augment_seed = (int(s) for s in
-                                np.random.SeedSequence([int(seed), process_index])
-                                .generate_state(2))
-  ds = grain.MapDataset.source(source)
-  ds = ds[process_index::process_count]
-  ds = ds.shuffle(seed=shuffle_seed).repeat()
+                                np.random.SeedSequence([int(seed)]).generate_state(2))
+  stream = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat()
   if transform is not None:
-    ds = ds.random_map(transform, seed=augment_seed)
-  return ds.batch(batch, drop_remainder=True)
+    stream = stream.random_map(transform, seed=augment_seed)
+  mine = grain.MapDataset.source(_ProcessRows(stream, global_batch, process_index,
+                                              process_count))
+  return mine.batch(batch, drop_remainder=True)
 
 
 def iterate(ds: grain.MapDataset, num_workers: int = 0) -> grain.DatasetIterator:

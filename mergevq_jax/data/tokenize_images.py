@@ -76,6 +76,7 @@ def tokenize_dataset(tokenizer, source, out_dir: str, keep_values, *, views: int
       out["codes"].append(np.asarray(expand_codes(enc.indices, enc.owner))[:n])
       out["keep"].append(np.full(len(chunk), k, np.int32))
       out["label"].append(np.asarray(labels, np.int32))
+      out["item"].append(np.asarray([v * len(source) + i for i, v, _ in chunk], np.int32))
       if bar is not None:
         bar.set_postfix(K=k)
         bar.update(len(chunk))

@@ -103,7 +103,7 @@ class ARStage(loop.Stage):
     self.dataset = check_train_config(config, self.mesh)
     from mergevq_jax.data.pipeline import iterate, process_layout, shuffled_batches
     pi, pc = process_layout(None, None)
-    self.iterator = iterate(shuffled_batches(self.dataset, config.train.batch_size // pc,
+    self.iterator = iterate(shuffled_batches(self.dataset, config.train.batch_size,
                                              seed=config.seed, process_index=pi,
                                              process_count=pc))
     self.sampler = None

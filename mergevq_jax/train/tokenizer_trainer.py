@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mergevq_jax import host_memory, sharding
 from mergevq_jax.checkpoint import TOKENIZER_LAYOUT
@@ -81,13 +81,17 @@ class TokenizerStage(loop.Stage):
     if self.frozen.teacher is not None and not config.data.align_views:
       raise ValueError("the alignment loss needs data.align_views=True (weak/strong views)")
     self.iterator = make_train_iterator(config, seed=config.seed)
-    self.eval_images = jnp.asarray(make_eval_batch(config, config.data.eval_images))
+    # The fixed eval batch and its reconstructions are replicated: every process holds
+    # them whole (images, PSNR and codebook statistics need no cross-host gather).
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    self.eval_images = jax.device_put(make_eval_batch(config, config.data.eval_images),
+                                      replicated)
     candidates = sorted(set(config.model.keep_candidates)) or [config.model.num_keep]
     self.eval_keeps = sorted({min(candidates), config.model.num_keep})
     tok_graph = self.graphs.tokenizer
     self.recon_fn = jax.jit(
         lambda p, x, num_keep: nnx.merge(tok_graph, p).reconstruct(x, num_keep),
-        static_argnames=("num_keep",))
+        static_argnames=("num_keep",), out_shardings=replicated)
     self.keeps_used: set[int] = set()
     self.num_keep = None
     self.first_eval = self.last_eval = None
