@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 # Errors that are the user's input or environment, not a bug: one line, no traceback.
 USER_ERRORS = (ValueError, ImportError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, IsADirectoryError, PermissionError)
+               NotADirectoryError, IsADirectoryError, PermissionError, ConnectionError)
 
 
 def fail(message: str, code: int = 2):
@@ -107,7 +107,7 @@ def run(main):
     except KeyboardInterrupt as e:
       fail(f"interrupted{': ' + str(e) if str(e) else ''}", code=130)
     except USER_ERRORS as e:
-      message = str(e) if isinstance(e, (ValueError, ImportError)) else (
+      message = str(e) if isinstance(e, (ValueError, ImportError, ConnectionError)) else (
           f"{e.strerror}: {e.filename}" if getattr(e, "filename", None) else str(e))
       fail(message)
   app.run(wrapped, flags_parser=_parse_flags)

@@ -4,8 +4,10 @@ rows), the same losses and parameters; the run's files are written once; the che
 restores in one process."""
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -21,6 +23,36 @@ SMALL = ["--config.model.image_size=32", "--config.model.ch_mult=(1,1,2)",
          "--config.disc.enabled=False", "--config.train.batch_size=8", "--config.train.lr=1e-4",
          "--config.data.eval_images=8", "--config.train.log_every=1", "--config.train.steps=3",
          "--config.stage2.steps=3", "--config.stage2.views=1"]
+
+
+def main_job(*flags):
+  return subprocess.run([sys.executable, "-m", "mergevq_jax.main", "--config=configs/demo_cpu.py",
+                         *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator_address=localhost:1234", "--num_processes=2"],
+     "--coordinator_address, --num_processes and --process_id go together"),
+    (["--coordinator_address=localhost:1234", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 must be below --num_processes=2"),
+    (["--coordinator_address=localhost", "--num_processes=2", "--process_id=1"],
+     "--coordinator_address must be HOST:PORT, got 'localhost'"),
+])
+def test_inconsistent_process_layout_is_one_line(tmp_path, flags, message):
+  out = main_job(f"--workdir={tmp_path}", *flags)
+  assert out.returncode == 2 and out.stderr.startswith(f"error: {message}"), out.stderr[-2000:]
+  assert out.stderr.strip().count("\n") == 0
+
+
+def test_unreachable_coordinator_is_a_timeout_with_a_clear_message(tmp_path):
+  with socket.socket() as s:        # a port nobody listens on
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  t0 = time.time()
+  out = main_job(f"--workdir={tmp_path}", f"--coordinator_address=localhost:{port}",
+                 "--num_processes=2", "--process_id=1", "--join_timeout=2")
+  assert out.returncode == 2 and time.time() - t0 < 60, out.stderr[-2000:]
+  assert out.stderr.strip().startswith(f"error: no JAX coordinator at localhost:{port} after 2 s")
 
 
 def launch(workdir, processes, devices, ar_config, port):
