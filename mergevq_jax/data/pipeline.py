@@ -72,14 +72,14 @@ def make_train_dataset(config, *, seed: int, process_index=None, process_count=N
   """The infinite MapDataset of per-process training batches (see module docstring).
   `source` overrides `source_from_config(config)` (any object with __len__/__getitem__)."""
   process_index, process_count = process_layout(process_index, process_count)
-  per_process_batch_size(config.train.batch_size, process_count)
   num_workers = int(config.data.num_workers)
   if num_workers < 0:
     raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
   transform = augment_lib.TrainAugment.from_config(config)   # validates the view settings
   source = sources_lib.source_from_config(config) if source is None else source
-  return shuffled_batches(source, config.train.batch_size, seed=seed, process_index=process_index,
-                          process_count=process_count, transform=transform)
+  return shuffled_batches(source, config.train.batch_size, seed=seed,
+                          process_index=process_index, process_count=process_count,
+                          transform=transform)
 
 
 class _ProcessRows:
