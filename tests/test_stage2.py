@@ -257,7 +257,7 @@ def test_stage2_reuses_codes_of_the_same_tokenizer_step_and_never_a_stale_mergea
   """The main job's stage 2: codes are remade when the tokenizer moved on, and a MergeAR run
   trained on older codes is set aside (renamed), never resumed; a MergeAR trainer given
   codes of another tokenizer step refuses to resume."""
-  from mergevq_jax import main as main_lib
+  from mergevq_jax import stage2
   workdir = tmp_path / "tok"
   cfg = tiny_tokenizer_config(keep_candidates=(36,), keep_probs=(1.0,))   # one K: one compile
   save_tokenizer_checkpoint(str(workdir), 0, cfg)
@@ -271,16 +271,16 @@ def test_stage2_reuses_codes_of_the_same_tokenizer_step_and_never_a_stale_mergea
       "  return c\n")
   cfg.stage2.mergear_config = str(ar_file)
   cfg.stage2.steps, cfg.stage2.views = 1, 1
-  first = main_lib.run_stage2(cfg, str(workdir))
+  first = stage2.run_stage2(cfg, str(workdir))
   assert first["steps"] == 1
   manifest = workdir / "codes" / "manifest.json"
   assert json.loads(manifest.read_text())["tokenizer_step"] == 0
   made = manifest.stat().st_mtime_ns
-  main_lib.run_stage2(cfg, str(workdir))                      # nothing changed: reused
+  stage2.run_stage2(cfg, str(workdir))                      # nothing changed: reused
   assert manifest.stat().st_mtime_ns == made
   # The tokenizer trains on (a checkpoint of step 5 appears): new codes, new MergeAR.
   save_tokenizer_checkpoint(str(workdir), 5, cfg)
-  main_lib.run_stage2(cfg, str(workdir))
+  stage2.run_stage2(cfg, str(workdir))
   assert json.loads(manifest.read_text())["tokenizer_step"] == 5
   assert (tmp_path / "tok" / "mergear.tokenizer_step_0" / "checkpoints" / "1").is_dir()
   ckpt = Checkpointer(str(workdir / "mergear"), keep=1, layout=MERGEAR_LAYOUT)
