@@ -10,7 +10,8 @@
 #   launch/local.sh --processes 2 --devices_per_process 4   # 2 CPU processes x 4 devices
 #
 # With N > 1, process 0 writes to this terminal and process i to $LOG_DIR/process_<i>.log;
-# the script waits for all and exits with the first failure. --dry-run prints the commands.
+# the script waits for all; the first that fails stops the others (it is named, and its
+# status is the script's). --dry-run prints the commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY_RUN=0; PROCESSES=1; DEVICES=""
@@ -28,7 +29,7 @@ WORKDIR="${WORKDIR:-/tmp/mergevq_demo}"
 LOG_DIR="${LOG_DIR:-$WORKDIR/logs}"
 PORT="${PORT:-12355}"
 ENV=()
-[[ -n "$DEVICES" ]] && ENV+=("XLA_FLAGS=--xla_force_host_platform_device_count=$DEVICES")
+[[ -n "$DEVICES" ]] && ENV+=("XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES")
 BASE=(python -m mergevq_jax.main --config="$CONFIG" --workdir="$WORKDIR")
 
 process_command() {  # process index -> CMD (the main job's command line for it)
@@ -53,14 +54,35 @@ if (( PROCESSES == 1 )); then
 fi
 mkdir -p "$LOG_DIR"
 PIDS=()
-for ((i = 1; i < PROCESSES; i++)); do
+for ((i = 0; i < PROCESSES; i++)); do
   process_command "$i"
-  "${CMD[@]}" "$@" > "$LOG_DIR/process_$i.log" 2>&1 &
+  if (( i == 0 )); then
+    "${CMD[@]}" "$@" &
+  else
+    "${CMD[@]}" "$@" > "$LOG_DIR/process_$i.log" 2>&1 &
+  fi
   PIDS+=($!)
 done
-trap 'kill "${PIDS[@]}" 2>/dev/null || true' INT TERM
-STATUS=0
-process_command 0
-"${CMD[@]}" "$@" || STATUS=$?
-for pid in "${PIDS[@]}"; do wait "$pid" || (( STATUS )) || STATUS=$?; done
-exit "$STATUS"
+stop_all() { kill "${PIDS[@]}" 2>/dev/null || true; }
+trap 'stop_all' INT TERM
+# A process that fails leaves the others waiting in a collective (until XLA's heartbeat
+# times out): stop them at once and say which one failed.
+set +e
+declare -A RUNNING=()
+for i in "${!PIDS[@]}"; do RUNNING[${PIDS[$i]}]=$i; done
+while (( ${#RUNNING[@]} )); do
+  wait -n -p DONE "${!RUNNING[@]}"
+  STATUS=$?
+  FAILED=${RUNNING[$DONE]}
+  unset "RUNNING[$DONE]"
+  if (( STATUS )); then
+    where=$( (( FAILED )) && echo " (log: $LOG_DIR/process_$FAILED.log)")
+    echo "error: process $FAILED exited with status $STATUS$where; stopping the others" >&2
+    # SIGKILL: their collectives have lost a peer, so no checkpoint can be agreed, and JAX's
+    # preemption handler would take a SIGTERM as a request to save.
+    kill -KILL "${!RUNNING[@]}" 2>/dev/null
+    wait
+    exit "$STATUS"
+  fi
+done
+exit 0

@@ -76,7 +76,7 @@ if (( INSTALL )); then
   run git archive --format=tar.gz -o "$ARCHIVE" HEAD
   run "${GCLOUD[@]}" scp "$ARCHIVE" "$TPU_NAME:~/mergevq_jax.tar.gz" "${WHERE[@]}" --worker=all
   run "${GCLOUD[@]}" ssh "$TPU_NAME" "${WHERE[@]}" --worker=all --command \
-    "rm -rf ~/mergevq_jax && mkdir -p ~/mergevq_jax && tar -xzf ~/mergevq_jax.tar.gz -C ~/mergevq_jax && cd ~/mergevq_jax && pip install -q -e \".[tfds]\" \"jax[tpu]==$JAX_VERSION\""
+    "rm -rf ~/mergevq_jax && mkdir -p ~/mergevq_jax && tar -xzf ~/mergevq_jax.tar.gz -C ~/mergevq_jax && cd ~/mergevq_jax && pip install -q -e \".[tfds,gcs]\" \"jax[tpu]==$JAX_VERSION\""
 fi
 MAIN="python -m mergevq_jax.main --distributed --config=$CONFIG --workdir=$WORKDIR --config.data.source=tfds --config.data.path=$DATA_DIR"
 for arg in "$@"; do MAIN+=" $(printf '%q' "$arg")"; done

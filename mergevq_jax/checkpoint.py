@@ -1,7 +1,9 @@
-"""Orbax checkpoints of a train state, its data iterator and run metadata (the run
-directory around them: `mergevq_jax.run_dir`).
+"""Orbax checkpoints of a train state and run metadata (the run directory around them:
+`mergevq_jax.run_dir`). The data position needs no item: batch j of the training stream
+is a function of j (`data/pipeline.py`), so a run resumes its data at its step on any
+number of processes (checkpoints of earlier versions carry a grain 'data' item, ignored).
 
-Layout: <workdir>/checkpoints/<step>/{params, ema, train, meta, data}. A train state is a
+Layout: <workdir>/checkpoints/<step>/{params, ema, train, meta}. A train state is a
 NamedTuple with `params` and `ema` fields (the model weights and their EMA) and any others (optimizer states, counters): the two weight fields are
 checkpoint items of their own, so `restore_weights` reads one of them without building
 the optimizer states (`mergevq_jax.pretrained`). `meta` carries the layout tag and the
@@ -13,23 +15,17 @@ restores onto any mesh.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from mergevq_jax import files
+
 # Layout tags, one per stage (v1: the whole train state as one 'state' item).
 LAYOUTS = {"tokenizer": "mergevq_jax.tokenizer.v2", "mergear": "mergevq_jax.mergear.v2"}
 TOKENIZER_LAYOUT, MERGEAR_LAYOUT = LAYOUTS["tokenizer"], LAYOUTS["mergear"]
 WEIGHTS = ("params", "ema")   # train-state fields saved as items of their own
-
-
-def _data_args(iterator, save: bool):
-  if iterator is None:
-    return None
-  import grain
-  return grain.checkpoint.CheckpointSave(iterator) if save else grain.checkpoint.CheckpointRestore(iterator)
 
 
 def _targets(abstract: Any, shardings: Any) -> Any:
@@ -53,7 +49,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, async_save: bool = False,
                layout: str = TOKENIZER_LAYOUT):
     self.layout = layout
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = files.join(workdir, "checkpoints")   # local (absolute) or gs://...
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -61,16 +57,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, iterator=None, meta: dict | None = None,
+  def save(self, step: int, state: Any, meta: dict | None = None,
            force: bool = False) -> None:
     weights, rest = _split(state)
     items = {name: ocp.args.StandardSave(tree) for name, tree in weights.items()
              if _has_leaves(tree)}   # MergeAR without EMA has ema = {}
     items["train"] = ocp.args.StandardSave(rest)
     items["meta"] = ocp.args.JsonSave({"layout": self.layout, "step": int(step), **(meta or {})})
-    data = _data_args(iterator, save=True)
-    if data is not None:
-      items["data"] = data
     self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
   def step_and_meta(self, step: int | None = None) -> tuple[int, dict]:
@@ -86,18 +79,15 @@ class Checkpointer:
                        f"of mergevq_jax (or for another stage) and cannot be restored")
     return step, meta
 
-  def restore(self, abstract_state: Any, shardings: Any, iterator=None,
+  def restore(self, abstract_state: Any, shardings: Any,
               step: int | None = None) -> tuple[Any, dict]:
-    """Restore (state placed per `shardings`, meta); the iterator is restored in place."""
+    """Restore (state placed per `shardings`, meta)."""
     step, meta = self.step_and_meta(step)
     weights, rest = _split(abstract_state)
     weight_shardings, rest_shardings = _split(shardings)
     items = {name: ocp.args.StandardRestore(_targets(tree, weight_shardings[name]))
              for name, tree in weights.items() if _has_leaves(tree)}
     items["train"] = ocp.args.StandardRestore(_targets(rest, rest_shardings))
-    data = _data_args(iterator, save=False)
-    if data is not None:
-      items["data"] = data
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     restored = {name: out[name] if name in items else tree for name, tree in weights.items()}
     return type(abstract_state)(**restored, **out["train"]), meta

@@ -114,23 +114,32 @@ def run(main):
 
 
 def output_file(path: str, flag: str = "--out", suffixes: tuple[str, ...] = ()) -> str:
-  """Check an output file before the work that produces it: not a directory, a known
-  suffix, its folder created if missing and writable. Returns the path."""
+  """Check an output file (local or gs://...) before the work that produces it: not a
+  directory, a known suffix, its folder created if missing and writable. Returns the
+  path."""
+  from mergevq_jax import files
   if not path:
     raise ValueError(f"{flag} is required")
-  if os.path.isdir(path):
+  if files.path(path).is_dir():
     raise ValueError(f"{flag}={path} is a directory; give a file name"
                      + (f" ending in {suffixes[0]}" if suffixes else ""))
   if suffixes and not path.lower().endswith(suffixes):
     raise ValueError(f"{flag}={path} must end in {' or '.join(suffixes)}")
-  output_dir(os.path.dirname(path) or ".", flag)
+  output_dir(os.fspath(files.path(path).parent), flag)
   return path
 
 
 def output_dir(path: str, flag: str = "--out") -> str:
-  """Check (and create) an output directory before the work that fills it."""
+  """Check (and create) an output directory (local or gs://...) before the work that fills
+  it."""
+  from mergevq_jax import files
   if not path:
     raise ValueError(f"{flag} is required")
+  if not files.is_local(path):
+    if files.path(path).is_file():
+      raise ValueError(f"{flag}={path} is a file, not a directory")
+    files.path(path).mkdir(parents=True, exist_ok=True)
+    return path
   parent = os.path.abspath(path)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)

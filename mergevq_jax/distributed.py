@@ -34,9 +34,12 @@ def wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
-               platform: str = "cpu", timeout_s: int = 300) -> None:
+               platform: str = "cpu", timeout_s: int = 300,
+               heartbeat_timeout_s: int = 100) -> None:
   """jax.distributed.initialize with the given (or auto-detected) layout; ValueError for an
-  inconsistent one, ConnectionError naming the coordinator when it cannot be reached."""
+  inconsistent one, ConnectionError naming the coordinator when it cannot be reached.
+  A process not heard from for `heartbeat_timeout_s` ends the others (XLA aborts them; the
+  launchers stop the whole job as soon as one process fails)."""
   explicit = bool(coordinator_address) or num_processes > 0 or process_id >= 0
   if explicit:
     if not coordinator_address or num_processes < 1 or process_id < 0:
@@ -55,7 +58,8 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                 process_id=process_id) if explicit else {}
   try:
-    jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
+    jax.distributed.initialize(initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s, **kwargs)
   except Exception as e:  # noqa: BLE001 -- XLA's errors are long; say what was tried
     where = coordinator_address or "the coordinator found in the environment"
     raise ConnectionError(f"could not join the JAX job at {where} within {timeout_s} s "

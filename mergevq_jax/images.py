@@ -4,6 +4,8 @@ Used by training (reconstruction and sample grids), sampling and evaluation.
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 
@@ -39,5 +41,10 @@ def image_grid(rows: list[np.ndarray], labels: list[str] | None = None, pad: int
 
 
 def save_png(path: str, image: np.ndarray) -> None:
+  """Write a (H, W, 3) uint8 image as PNG (a local path or a gs://... URI)."""
   from PIL import Image
-  Image.fromarray(image).save(path)
+
+  from mergevq_jax import files
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  files.write_bytes(path, buffer.getvalue())

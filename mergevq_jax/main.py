@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 
 import jax
 from absl import flags
 from ml_collections import config_flags
 
-from mergevq_jax import cli, host_memory, run_dir
+from mergevq_jax import cli, files, host_memory, run_dir
 from mergevq_jax.stage2 import run_stage2
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -44,6 +43,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the job.
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
 _JOIN_TIMEOUT = flags.DEFINE_integer("join_timeout", 300, "Seconds to wait for the "
                                      "coordinator and the other processes.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without news from a "
+                                  "process before the others stop (JAX's heartbeat).")
 
 
 def main(argv):
@@ -60,14 +61,13 @@ def main(argv):
   if _DISTRIBUTED.value or _COORDINATOR.value:
     from mergevq_jax import distributed
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           config.platform, _JOIN_TIMEOUT.value)
+                           config.platform, _JOIN_TIMEOUT.value, _HEARTBEAT.value)
   with run_dir.RunLock(workdir):   # the whole job: both stages and the codes between them
     summary = importlib.import_module(TRAINERS[stage]).train(config, workdir)
     if stage == "tokenizer" and config.stage2.mergear_config and not summary["preempted"]:
       summary["mergear"] = run_stage2(config, workdir)
       if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-          json.dump(summary, f, indent=1)
+        files.write_json(files.join(workdir, "summary.json"), summary)
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=1))
   if "SIGINT" in (summary["stopped_by"], summary.get("mergear", {}).get("stopped_by")):

@@ -13,6 +13,10 @@ config that never changes under its checkpoints.
 A resume may change anything but the architecture (`ARCHITECTURE` below): a changed
 architecture key is a one-line error naming each key and both values, before anything is
 written. `load_config(workdir)` is config.json with the latest start's changes applied.
+
+The workdir may be local or in an object store (gs://...): files go through
+`mergevq_jax.files`, and the lock is an flock locally, a lease renewed by a heartbeat
+remotely.
 """
 from __future__ import annotations
 
@@ -22,12 +26,16 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
+import uuid
 from typing import Any
 
 import jax
 import ml_collections
 from absl import logging
+
+from mergevq_jax import files
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -46,10 +54,14 @@ class RunInUse(ValueError):
 
 def check_workdir(workdir: str) -> None:
   """ValueError when `workdir` cannot be a run directory (a file, or under a file)."""
-  path = os.path.abspath(workdir)
-  while path and not os.path.exists(path):
-    path = os.path.dirname(path)
-  if path and not os.path.isdir(path):
+  path = files.path(workdir)
+  if not files.is_local(path):
+    if path.is_file():
+      raise ValueError(f"--workdir={workdir} is a file, not a directory")
+    return
+  while not path.exists() and path.parent != path:
+    path = path.parent
+  if not path.is_dir():
     raise ValueError(f"--workdir={workdir}: {path} is a file, not a directory")
 
 
@@ -91,19 +103,15 @@ def architecture_keys(changes: dict) -> dict[str, list]:
 
 def read_stored_config(workdir: str) -> dict | None:
   """config.json as JSON values, or None for a new run directory."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  path = files.path(workdir) / CONFIG_FILE
+  return files.read_json(path) if path.is_file() else None
 
 
 def read_history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, HISTORY_FILE)
-  if not os.path.isfile(path):
+  path = files.path(workdir) / HISTORY_FILE
+  if not path.is_file():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def _set(tree: dict, dotted: str, value) -> None:
@@ -117,7 +125,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config: config.json with the latest start's changes (config_history)."""
   stored = read_stored_config(workdir)
   if stored is None:
-    raise ValueError(f"{os.path.join(workdir, CONFIG_FILE)} not found: {workdir!r} is not a "
+    raise ValueError(f"{files.join(workdir, CONFIG_FILE)} not found: {workdir!r} is not a "
                      f"mergevq_jax run directory")
   history = read_history(workdir)
   for key, (_, new) in (history[-1].get("changes", {}) if history else {}).items():
@@ -129,11 +137,7 @@ def save_config(workdir: str, config) -> None:
   """Write <workdir>/config.json atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
-  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+  files.write_text(files.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=1))
 
 
 def _describe(changes: dict) -> str:
@@ -154,7 +158,7 @@ def check_resumable(workdir: str, config, step: int) -> dict[str, list]:
     raise ValueError(
         f"--workdir={workdir} holds a run (checkpoint of step {step}) of another "
         f"architecture: {_describe(arch)}. Resume with the run's own values "
-        f"({os.path.join(workdir, CONFIG_FILE)}) or start a new --workdir")
+        f"({files.join(workdir, CONFIG_FILE)}) or start a new --workdir")
   return changes
 
 
@@ -169,85 +173,25 @@ def record_start(workdir: str, config, step: int, resumed: bool) -> None:
   changes = config_changes(stored, _json_config(config)) if stored is not None else {}
   entry = {"time": _now(), "host": socket.gethostname(), "pid": os.getpid(),
            "step": int(step), "event": "resume" if resumed else "start", "changes": changes}
-  with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-    f.write(json.dumps(entry) + "\n")
+  files.append_text(files.join(workdir, HISTORY_FILE), json.dumps(entry) + "\n")
 
 
 def _now() -> str:
   return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-# Lock files this process holds: real path -> [fd, depth]. Re-entrant, so the main job and
+# Locks this process holds: lock path -> [handle, depth]. Re-entrant, so the main job and
 # the stage it runs can both take the run's lock.
 _HELD: dict[str, list] = {}
 
 
-class RunLock:
-  """`with RunLock(workdir):` -- the job's exclusive hold of a run directory (process 0).
-
-  A second job on a held run gets `RunInUse` naming the holder; the lock of a holder that
-  died (kill -9, a crashed host) is free and is taken over with a warning.
-  """
-
-  def __init__(self, workdir: str):
-    self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_FILE)
-
-  def __enter__(self) -> "RunLock":
-    if jax.process_index() != 0:
-      return self
-    check_workdir(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
-    key = os.path.realpath(self.path)
-    if key in _HELD:
-      _HELD[key][1] += 1
-      return self
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      holder = _read_holder(fd)
-      for _ in range(20):  # a holder that has just taken the lock writes its record next
-        if holder:
-          break
-        time.sleep(0.1)
-        holder = _read_holder(fd)
-      os.close(fd)
-      raise RunInUse(f"--workdir={self.workdir} is in use by {_who(holder)}; a second job "
-                     f"would corrupt its checkpoints and logs. Wait for it, stop it, or use "
-                     f"another --workdir") from None
-    previous = _read_holder(fd)
-    if previous:
-      message = (f"{self.path}: taking over the lock of {_who(previous)}, which is no longer "
-                 f"running")
-      logging.warning(message)
-      print(f"warning: {message}", file=sys.stderr)
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
-              "command": " ".join(sys.argv)}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode(), 0)
-    os.fsync(fd)
-    _HELD[key] = [fd, 1]
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if jax.process_index() != 0:
-      return
-    key = os.path.realpath(self.path)
-    held = _HELD.get(key)
-    if held is None:
-      return
-    held[1] -= 1
-    if held[1] == 0:
-      del _HELD[key]
-      os.ftruncate(held[0], 0)   # empty: released cleanly (the file stays, see _read_holder)
-      fcntl.flock(held[0], fcntl.LOCK_UN)
-      os.close(held[0])
+def _my_record() -> dict:
+  return {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+          "command": " ".join(sys.argv)}
 
 
-def _read_holder(fd: int) -> dict:
+def _parse_holder(data: bytes) -> dict:
   """The holder record in a lock file ({} when empty: free, or released cleanly)."""
-  data = os.pread(fd, 65536, 0)
   if not data.strip():
     return {}
   try:
@@ -261,3 +205,129 @@ def _who(holder: dict) -> str:
     return f"another process ({holder or 'it has not written its record yet'})"
   return (f"pid {holder['pid']} on host {holder.get('host')} since {holder.get('started')} "
           f"(`{holder.get('command', '')}`)")
+
+
+class RunLock:
+  """`with RunLock(workdir):` -- the job's exclusive hold of a run directory (process 0).
+
+  A second job on a held run gets `RunInUse` naming the holder; the lock of a holder that
+  died (kill -9, a crashed host) is free and is taken over with a warning. A local run is
+  held with flock (the kernel frees it when the holder dies); a run in an object store with
+  a lease: the holder rewrites its record every `LEASE_RENEW_S`, and a record not renewed
+  for `LEASE_EXPIRY_S` belongs to a dead job.
+  """
+
+  LEASE_RENEW_S = 20.0
+  LEASE_EXPIRY_S = 90.0
+  LEASE_SETTLE_S = 2.0   # wait after writing a lease, then read it back: one of two wins
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = files.path(workdir) / LOCK_FILE
+    self.key = os.path.realpath(self.path) if files.is_local(workdir) else os.fspath(self.path)
+
+  def __enter__(self) -> "RunLock":
+    if jax.process_index() != 0:
+      return self
+    check_workdir(self.workdir)
+    if self.key in _HELD:
+      _HELD[self.key][1] += 1
+      return self
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    handle = self._flock() if files.is_local(self.workdir) else self._lease()
+    _HELD[self.key] = [handle, 1]
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if jax.process_index() != 0:
+      return
+    held = _HELD.get(self.key)
+    if held is None:
+      return
+    held[1] -= 1
+    if held[1] == 0:
+      del _HELD[self.key]
+      if isinstance(held[0], int):
+        os.ftruncate(held[0], 0)   # empty: released cleanly (the file stays)
+        fcntl.flock(held[0], fcntl.LOCK_UN)
+        os.close(held[0])
+      else:
+        held[0].release()
+
+  def _in_use(self, holder: dict, detail: str = "") -> RunInUse:
+    return RunInUse(f"--workdir={self.workdir} is in use by {_who(holder)}{detail}; a second "
+                    f"job would corrupt its checkpoints and logs. Wait for it, stop it, or "
+                    f"use another --workdir")
+
+  def _taking_over(self, previous: dict, why: str) -> None:
+    message = f"{self.path}: taking over the lock of {_who(previous)}, {why}"
+    logging.warning(message)
+    print(f"warning: {message}", file=sys.stderr)
+
+  def _flock(self) -> int:
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = _parse_holder(os.pread(fd, 65536, 0))
+      for _ in range(20):  # a holder that has just taken the lock writes its record next
+        if holder:
+          break
+        time.sleep(0.1)
+        holder = _parse_holder(os.pread(fd, 65536, 0))
+      os.close(fd)
+      raise self._in_use(holder) from None
+    previous = _parse_holder(os.pread(fd, 65536, 0))
+    if previous:
+      self._taking_over(previous, "which is no longer running")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(_my_record()).encode(), 0)
+    os.fsync(fd)
+    return fd
+
+  def _read_lease(self) -> dict:
+    return _parse_holder(self.path.read_bytes()) if self.path.exists() else {}
+
+  def _lease(self) -> "_Lease":
+    previous = self._read_lease()
+    if previous:
+      age = time.time() - float(previous.get("renewed", 0))
+      if age < self.LEASE_EXPIRY_S:
+        raise self._in_use(previous, f" (lease renewed {age:.0f} s ago)")
+      self._taking_over(previous, f"whose lease was last renewed {age:.0f} s ago")
+    lease = _Lease(self.path, {**_my_record(), "token": uuid.uuid4().hex}, self.LEASE_RENEW_S)
+    lease.write()
+    time.sleep(self.LEASE_SETTLE_S)
+    holder = self._read_lease()
+    if holder.get("token") != lease.record["token"]:   # another job wrote after us: it wins
+      raise self._in_use(holder)
+    lease.start()
+    return lease
+
+
+class _Lease:
+  """A lease record in an object store, rewritten every `renew_s` by a daemon thread."""
+
+  def __init__(self, path, record: dict, renew_s: float):
+    self.path, self.record, self.renew_s = path, record, renew_s
+    self.stopped = threading.Event()
+    self.thread = threading.Thread(target=self._renew, daemon=True, name="run-lock-lease")
+
+  def write(self) -> None:
+    files.write_text(self.path, json.dumps({**self.record, "renewed": time.time()}))
+
+  def start(self) -> None:
+    self.thread.start()
+
+  def _renew(self) -> None:
+    while not self.stopped.wait(self.renew_s):
+      try:
+        self.write()
+      except Exception as e:  # noqa: BLE001 -- a transient store error: try again later
+        logging.warning("could not renew the run lock %s: %s", self.path, e)
+
+  def release(self) -> None:
+    self.stopped.set()
+    if self.thread.is_alive():
+      self.thread.join()
+    files.write_text(self.path, "")   # empty: released cleanly

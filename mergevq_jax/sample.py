@@ -18,7 +18,7 @@ import time
 import jax
 from absl import flags
 
-from mergevq_jax import cli
+from mergevq_jax import cli, files
 from mergevq_jax.generation import check_pair, code_decoder, sample_images, tokenizer_workdir_of
 
 _AR = flags.DEFINE_string("ar_workdir", None, "MergeAR run directory.")
@@ -76,13 +76,12 @@ def main(argv):
   per_sample = [{"class": classes[j], "row": i, "num_keep": num_keep,
                  **{k: int(v[i, j]) for k, v in stats.items()}}
                 for i in range(images.shape[0]) for j in range(len(classes))]
-  report = {"out": os.path.abspath(out), "ar_workdir": _AR.value, "ar_step": ar_step,
+  report = {"out": files.join(out), "ar_workdir": _AR.value, "ar_step": ar_step,
             "tokenizer_step": tok_step, "num_keep": num_keep, "cfg": _CFG.value,
             "temperature": _TEMP.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
             "cache": generator.mode, "keep_cap": _CAP.value or num_keep,
             "window": generator.window, "seconds": round(seconds, 2), "samples": per_sample}
-  with open(stats_path, "w") as f:
-    json.dump(report, f, indent=1)
+  files.write_json(stats_path, report)
   print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
 
 

@@ -7,11 +7,11 @@ views); a MergeAR run trained on codes of an earlier tokenizer step is set aside
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 
 import jax
+
+from mergevq_jax import files
 
 
 def _current_codes(codes_dir: str, tokenizer_step: int, keep, views: int) -> bool:
@@ -29,7 +29,7 @@ def _set_aside_stale_mergear(ar_workdir: str, tokenizer_step: int) -> None:
   """A MergeAR run trained on codes of another tokenizer step is renamed
   <ar_workdir>.tokenizer_step_<its step> (kept, never deleted); a new one starts."""
   from mergevq_jax.checkpoint import MERGEAR_LAYOUT, Checkpointer
-  if not os.path.isdir(os.path.join(ar_workdir, "checkpoints")) or jax.process_index() != 0:
+  if not (files.path(ar_workdir) / "checkpoints").is_dir() or jax.process_index() != 0:
     return
   ckpt = Checkpointer(ar_workdir, keep=1, layout=MERGEAR_LAYOUT)
   try:
@@ -41,9 +41,9 @@ def _set_aside_stale_mergear(ar_workdir: str, tokenizer_step: int) -> None:
   if had is None or had == tokenizer_step:
     return
   target = f"{ar_workdir}.tokenizer_step_{had}"
-  while os.path.exists(target):
+  while files.path(target).exists():
     target += "_"
-  os.replace(ar_workdir, target)
+  files.path(ar_workdir).rename(target)
   print(f"warning: {ar_workdir} was trained on codes of tokenizer step {had}; moved to "
         f"{target}, a new MergeAR trains on the codes of step {tokenizer_step}",
         file=sys.stderr)
@@ -62,7 +62,7 @@ def run_stage2(config, workdir: str) -> dict:
   ar_config = load_config_file(s2.mergear_config)
   if s2.steps > 0:
     ar_config.train.steps = s2.steps
-  codes_dir = os.path.join(workdir, "codes")
+  codes_dir = files.join(workdir, "codes")
   tokenizer, tok_config, step = pretrained.load_tokenizer(workdir)
   keep = [k for k in default_keep_values(tok_config) if k in ar_config.model.keep_values]
   if not keep:
@@ -72,12 +72,12 @@ def run_stage2(config, workdir: str) -> dict:
     print(f"reusing {codes_dir} (codes of tokenizer step {step})", file=sys.stderr)
   else:
     tokenize_dataset(tokenizer, sources.source_from_config(tok_config), codes_dir, keep,
-                     views=s2.views, extra_manifest={"tokenizer_workdir": os.path.abspath(workdir),
+                     views=s2.views, extra_manifest={"tokenizer_workdir": files.join(workdir),
                                                      "tokenizer_step": step})
   ar_config.data.codes_dir = codes_dir
-  ar_workdir = os.path.join(workdir, "mergear")
+  ar_workdir = files.join(workdir, "mergear")
   _set_aside_stale_mergear(ar_workdir, step)
   summary = ar_trainer.train(ar_config, ar_workdir)
   if summary.get("samples_png") and jax.process_index() == 0:
-    shutil.copy(summary["samples_png"], os.path.join(workdir, "samples.png"))
+    files.copy(summary["samples_png"], files.join(workdir, "samples.png"))
   return summary

@@ -9,11 +9,10 @@ See `mergevq_jax.data.tokenize_images` for what is written; the output directory
 """
 from __future__ import annotations
 
-import os
 
 from absl import flags
 
-from mergevq_jax import cli, run_dir
+from mergevq_jax import cli, files, run_dir
 from mergevq_jax.data import sources
 from mergevq_jax.data.tokenize_images import default_keep_values, tokenize_dataset
 
@@ -34,10 +33,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the codes dataset in
 def check_out(out: str, overwrite: bool) -> None:
   """Before any work: --out is not a run directory, holds no codes dataset (unless
   `overwrite`), and can be created."""
-  if os.path.isfile(os.path.join(out, run_dir.CONFIG_FILE)):
+  if (files.path(out) / run_dir.CONFIG_FILE).is_file():
     raise ValueError(f"--out={out} is a run directory; give the codes their own directory "
-                     f"(e.g. {os.path.join(out, 'codes')})")
-  if os.path.isfile(os.path.join(out, "manifest.json")) and not overwrite:
+                     f"(e.g. {files.join(out, 'codes')})")
+  if (files.path(out) / "manifest.json").is_file() and not overwrite:
     raise ValueError(f"--out={out} already holds a codes dataset; pass --overwrite to "
                      f"replace it")
   cli.output_dir(out)
@@ -61,7 +60,7 @@ def main(argv):
   keep = tuple(int(k) for k in _KEEP.value) or default_keep_values(config)
   manifest = tokenize_dataset(
       tokenizer, source, _OUT.value, keep, views=_VIEWS.value, batch_size=_BATCH.value,
-      seed=_SEED.value, extra_manifest={"tokenizer_workdir": os.path.abspath(_WORKDIR.value),
+      seed=_SEED.value, extra_manifest={"tokenizer_workdir": files.join(_WORKDIR.value),
                                         "tokenizer_step": step})
   print(manifest)
 

@@ -167,43 +167,30 @@ def test_same_seed_same_batches_different_seed_different():
   assert not np.array_equal(a[0]["image"], a[3]["image"])
 
 
-def test_get_state_set_state_resumes_exactly():
+def test_a_resumed_stream_starts_at_its_step_on_any_layout():
+  """A run resumed at step s reads global batches s, s+1, ... (no stored iterator state):
+  the same whatever the number of worker processes, and with P processes each loading its
+  rows (P = 2 and 4), the stacked rows are the 1-process batches."""
   config = _config(batch=4)
-  it = make_train_iterator(config, seed=0, process_index=0, process_count=1)
-  _take(it, 3)
-  state = it.get_state()
-  expected = _take(it, 2)
-  fresh = make_train_iterator(config, seed=0, process_index=0, process_count=1)
-  fresh.set_state(state)
-  assert _same(_take(fresh, 2), expected)
-
-
-def test_worker_processes_match_in_process_and_resume():
-  config = _config(batch=4)
-  ref = _take(make_train_iterator(config, seed=2, process_index=0, process_count=1), 4)
+  one = _take(make_train_iterator(config, seed=2, process_index=0, process_count=1), 5)
+  resumed = _take(make_train_iterator(config, seed=2, start=3, process_index=0,
+                                      process_count=1), 2)
+  assert _same(resumed, one[3:])
   config.data.num_workers = 2
-  it = make_train_iterator(config, seed=2, process_index=0, process_count=1)
-  got = _take(it, 2)
-  state = it.get_state()
-  assert _same(got, ref[:2])             # batch j does not depend on the number of workers
-  resumed = make_train_iterator(config, seed=2, process_index=0, process_count=1)
-  resumed.set_state(state)
-  assert _same(_take(resumed, 2), ref[2:])
-
-
-def test_processes_load_their_rows_of_the_same_global_batches():
-  """P processes each load B/P rows; stacked in process order they are exactly the batches
-  one process loads (images, augmentations and labels), for P = 2 and 4."""
-  config = _config(batch=4)
-  one = _take(make_train_iterator(config, seed=0, process_index=0, process_count=1), 5)
+  with_workers = make_train_iterator(config, seed=2, start=1, process_index=0, process_count=1)
+  assert _same(_take(with_workers, 2), one[1:3])   # batch j does not depend on the workers
+  config.data.num_workers = 0
   for count in (2, 4):
-    parts = [_take(make_train_iterator(config, seed=0, process_index=p, process_count=count), 5)
+    parts = [_take(make_train_iterator(config, seed=2, start=3 if count == 2 else 0,
+                                       process_index=p, process_count=count), 2 if count == 2 else 5)
              for p in range(count)]
-    for j, whole in enumerate(one):
+    for j, whole in enumerate(one[3:] if count == 2 else one):
       assert parts[0][j]["image"].shape[0] == 4 // count
       for key in ("image", "label"):
         np.testing.assert_array_equal(np.concatenate([part[j][key] for part in parts]),
                                       whole[key])
+  with pytest.raises(ValueError, match="start must be >= 0"):
+    make_train_iterator(config, seed=2, start=-1, process_index=0, process_count=1)
 
 
 def test_batch_not_divisible_by_processes():

@@ -8,7 +8,8 @@ from conftest import ROOT
 def dry_run(script, *args, **env):
   out = subprocess.run(["bash", str(ROOT / "launch" / script), "--dry-run", *args],
                        capture_output=True, text=True, timeout=60,
-                       env={**os.environ, **env})
+                       env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+                            **env})
   assert out.returncode == 0, out.stderr
   return out.stdout.splitlines()
 
@@ -39,7 +40,7 @@ def test_tpu_pod_two_worker_slice():
   assert lines[3] == (f"gcloud compute tpus tpu-vm scp /tmp/r1.tar.gz pod:~/mergevq_jax.tar.gz "
                       f"{where} --worker=all")
   assert lines[4].startswith(f"gcloud compute tpus tpu-vm ssh pod {where} --worker=all --command")
-  assert 'pip install -q -e ".[tfds]" "jax[tpu]==0.10.2"' in lines[4]
+  assert 'pip install -q -e ".[tfds,gcs]" "jax[tpu]==0.10.2"' in lines[4]
   run = lines[5]
   assert run.startswith(f"gcloud compute tpus tpu-vm ssh pod {where} --worker=all --command '")
   assert ("python -m mergevq_jax.main --distributed --config=configs/tokenizer_gr.py:tpu "

@@ -100,3 +100,34 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     from flax import nnx
     for x, y in zip(jax.tree.leaves(nnx.state(ma)), jax.tree.leaves(nnx.state(mb))):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-5)
+
+
+def test_a_process_that_dies_stops_the_job_with_a_message(tmp_path):
+  """kill -9 of process 1 once both joined: the launcher stops process 0 at once (it would
+  wait in a collective until XLA's heartbeat timeout) and names the process."""
+  import signal
+  env = {**os.environ, "WORKDIR": str(tmp_path), "PORT": "23523",
+         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+  job = subprocess.Popen(["bash", str(ROOT / "launch" / "local.sh"), "--processes", "2",
+                          *SMALL, "--config.train.steps=100000", "--config.stage2.mergear_config="],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+  try:
+    deadline = time.time() + 240
+    while not (tmp_path / "lock").exists():     # process 0 locks the run once both joined
+      assert job.poll() is None and time.time() < deadline, job.communicate()[1][-3000:]
+      time.sleep(0.5)
+    found = subprocess.run(["pgrep", "-f", f"workdir={tmp_path} .*--process_id=1"],
+                           capture_output=True, text=True).stdout.split()
+    assert len(found) == 1, found
+    os.kill(int(found[0]), signal.SIGKILL)
+    t0 = time.time()
+    _, err = job.communicate(timeout=60)
+  finally:
+    if job.poll() is None:
+      job.kill()
+  assert time.time() - t0 < 30 and job.returncode == 137, err[-3000:]
+  assert (f"error: process 1 exited with status 137 (log: {tmp_path}/logs/process_1.log); "
+          f"stopping the others") in err
+  assert not subprocess.run(["pgrep", "-f", f"workdir={tmp_path} "], capture_output=True,
+                            text=True).stdout.split()

@@ -15,8 +15,14 @@ from mergevq_jax.models.tokenizer import Tokenizer, jit_method
 from conftest import load_config
 
 
+def jitted(model, method: str, *args, **static):
+  """model.<method>(*args, **static) compiled (eager runs op by op: slow on CPU)."""
+  graphdef, state = nnx.split(model)
+  return jit_method(graphdef, method)(state, *args, **static)
+
+
 def test_encode_outputs_are_consistent(tiny_model, tiny_images):
-  enc = tiny_model.encode(tiny_images, 36)
+  enc = jitted(tiny_model, "encode", tiny_images, num_keep=36)
   assert enc.tokens.shape == (2, 36, 18) and enc.owner.shape == (2, 64)
   np.testing.assert_array_equal(np.asarray(enc.tokens), np.where(np.asarray(enc.z) > 0, 1.0, -1.0))
   np.testing.assert_array_equal(np.asarray(enc.indices), np.asarray(lfq.bits_to_indices(enc.z)))
@@ -28,10 +34,10 @@ def test_encode_outputs_are_consistent(tiny_model, tiny_images):
 
 
 def test_decode_paths_agree(tiny_model, tiny_images):
-  enc = tiny_model.encode(tiny_images, 36)
-  by_owner = tiny_model.decode(enc.tokens, enc.owner)
-  by_matrix = tiny_model.decode(enc.tokens, enc.source_matrix())
-  by_indices = tiny_model.decode_indices(enc.indices, enc.owner)
+  enc = jitted(tiny_model, "encode", tiny_images, num_keep=36)
+  by_owner = jitted(tiny_model, "decode", enc.tokens, enc.owner)
+  by_matrix = jitted(tiny_model, "decode", enc.tokens, enc.source_matrix())
+  by_indices = jitted(tiny_model, "decode_indices", enc.indices, enc.owner)
   assert by_owner.shape == tiny_images.shape
   np.testing.assert_allclose(np.asarray(by_matrix), np.asarray(by_owner), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(by_indices), np.asarray(by_owner), rtol=1e-6)
@@ -42,14 +48,14 @@ def test_decode_paths_agree(tiny_model, tiny_images):
 
 
 def test_no_merging_keeps_every_token(tiny_model, tiny_images):
-  enc = tiny_model.encode(tiny_images, 64)
+  enc = jitted(tiny_model, "encode", tiny_images, num_keep=64)
   np.testing.assert_array_equal(np.asarray(enc.owner), np.tile(np.arange(64), (2, 1)))
   np.testing.assert_array_equal(np.asarray(enc.size), 1)
 
 
 def test_fewer_tokens_change_the_reconstruction(tiny_model, tiny_images):
-  full, _ = tiny_model.reconstruct(tiny_images, 64)
-  merged, _ = tiny_model.reconstruct(tiny_images, 25)
+  full, _ = jitted(tiny_model, "reconstruct", tiny_images, num_keep=64)
+  merged, _ = jitted(tiny_model, "reconstruct", tiny_images, num_keep=25)
   assert float(jnp.abs(full - merged).max()) > 1e-4
 
 
@@ -66,7 +72,7 @@ def test_jit_equals_eager_one_compile_per_k(tiny_model, tiny_images):
 
 def test_alignment_head_on_other_resolution(tiny_model):
   views = jax.random.uniform(jax.random.key(1), (3, 56, 56, 3), minval=-1, maxval=1)
-  out = tiny_model.align(views, 36)
+  out = jitted(tiny_model, "align", views, num_keep=36)
   assert out.shape == (3, 768) and np.all(np.isfinite(np.asarray(out)))
 
 
@@ -75,7 +81,7 @@ def test_source_recovery_learns_a_fixed_source(tiny_config):
   import optax
   model = Tokenizer(tiny_config, rngs=nnx.Rngs(1))
   images = jax.random.uniform(jax.random.key(2), (4, 64, 64, 3), minval=-1, maxval=1)
-  enc = model.encode(images, 36)
+  enc = jitted(model, "encode", images, num_keep=36)
   rec = model.recovery
   opt = nnx.Optimizer(rec, optax.adam(1e-2), wrt=nnx.Param)
 

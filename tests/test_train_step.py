@@ -67,15 +67,23 @@ def test_steps_reduce_the_loss_and_compile_once_per_k():
   assert max(gaps) > 0
 
 
+def per_sample_config(**train):
+  """small_config with per-sample losses only (the LFQ batch entropy and the
+  batch-normalised discriminator are batch statistics) and one ToMe block, no source
+  recovery: the accumulation and finiteness tests do not need more to compile."""
+  cfg = small_config(**train)
+  cfg.quantizer.batch_weight = 0.0
+  cfg.disc.enabled = False
+  cfg.model.num_layers = 1
+  cfg.model.recovery.enabled = False
+  return cfg
+
+
 def test_gradient_accumulation_equals_full_batch():
-  """Exact for per-sample losses: the LFQ batch entropy and the batch-normalised
-  discriminator are batch statistics, so they are switched off here."""
+  """Exact for per-sample losses (see per_sample_config)."""
   results = []
   for accum in (1, 2):
-    cfg = small_config(accum_steps=accum)
-    cfg.quantizer.batch_weight = 0.0
-    cfg.disc.enabled = False
-    state, fn = build(cfg)
+    state, fn = build(per_sample_config(accum_steps=accum))
     state, m = fn(state, batch(3), Frozen(), 36)
     results.append((state, m))
   (s1, m1), (s2, m2) = results
@@ -89,10 +97,7 @@ def test_gradient_accumulation_equals_full_batch():
 
 
 def test_nonfinite_step_is_skipped_and_counted():
-  cfg = small_config()   # the accumulation test's accum=1 step: one compilation for both
-  cfg.quantizer.batch_weight = 0.0
-  cfg.disc.enabled = False
-  state, fn = build(cfg)
+  state, fn = build(per_sample_config())   # the accumulation test's accum=1 step
   before = jax.tree.map(np.asarray, state.params)
   bad = {"image": batch()["image"].at[0, 0, 0, 0].set(jnp.nan)}
   state, m = fn(state, bad, Frozen(), 36)

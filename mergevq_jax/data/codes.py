@@ -9,57 +9,49 @@ Layout of a codes directory:
   shard-<p>-of-<n>.label.npy          (N_p,) int32 class label
   shard-<p>-of-<n>.item.npy           (N_p,) int32 place of the sequence in the dataset
                                       (view * images + image)
-Each process writes its own shard (files renamed into place when complete); readers
-memory-map every shard, so the dataset never has to fit in RAM, and order the rows by
+Each process writes its own shard (each file complete or absent); readers memory-map
+every local shard, so the dataset never has to fit in RAM (shards in an object store,
+gs://..., are read into memory), and order the rows by
 `item`: the dataset is the same whatever number of processes wrote it (so are the
 batches a MergeAR run draws from it).
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
-
 import numpy as np
+
+from mergevq_jax import files
 
 FORMAT = "mergevq_jax.codes.v2"   # v2: + item
 ARRAYS = ("codes", "keep", "label", "item")
 
 
 def shard_prefix(directory: str, process_index: int, process_count: int) -> str:
-  return os.path.join(directory, f"shard-{process_index:05d}-of-{process_count:05d}")
+  return files.join(directory, f"shard-{process_index:05d}-of-{process_count:05d}")
 
 
 def write_shard(directory: str, process_index: int, process_count: int, codes: np.ndarray,
                 keep: np.ndarray, label: np.ndarray, item: np.ndarray) -> str:
-  """Write one process's arrays atomically (tmp file + rename). Returns the prefix."""
+  """Write one process's arrays, each file atomically. Returns the prefix."""
   n = len(codes)
   if codes.ndim != 2 or keep.shape != (n,) or label.shape != (n,) or item.shape != (n,):
     raise ValueError(f"codes (N, L), keep, label and item (N,) expected, got {codes.shape}, "
                      f"{keep.shape}, {label.shape}, {item.shape}")
-  os.makedirs(directory, exist_ok=True)
   prefix = shard_prefix(directory, process_index, process_count)
   for name, array in zip(ARRAYS, (codes, keep, label, item)):
-    tmp = f"{prefix}.{name}.tmp.npy"
-    np.save(tmp, np.asarray(array, np.int32))
-    os.replace(tmp, f"{prefix}.{name}.npy")
+    files.save_npy(f"{prefix}.{name}.npy", np.asarray(array, np.int32))
   return prefix
 
 
 def write_manifest(directory: str, manifest: dict) -> None:
-  tmp = os.path.join(directory, "manifest.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump({"format": FORMAT, **manifest}, f, indent=1)
-  os.replace(tmp, os.path.join(directory, "manifest.json"))
+  files.write_json(files.join(directory, "manifest.json"), {"format": FORMAT, **manifest})
 
 
 def read_manifest(directory: str) -> dict:
-  path = os.path.join(directory, "manifest.json")
-  if not os.path.isfile(path):
+  path = files.path(directory) / "manifest.json"
+  if not path.is_file():
     raise ValueError(f"{directory!r} is not a codes directory (no manifest.json); create one "
                      f"with `python -m mergevq_jax.tokenize`")
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = files.read_json(path)
   if manifest.get("format") != FORMAT:
     raise ValueError(f"{path}: format {manifest.get('format')!r}, this code reads {FORMAT!r}")
   return manifest
@@ -72,11 +64,12 @@ class CodeDataset:
   def __init__(self, directory: str):
     self.directory = directory
     self.manifest = read_manifest(directory)
-    prefixes = sorted(p[:-len(".codes.npy")]
-                      for p in glob.glob(os.path.join(directory, "shard-*.codes.npy")))
+    prefixes = sorted(files.join(directory, p.name[:-len(".codes.npy")])
+                      for p in files.path(directory).iterdir()
+                      if p.name.startswith("shard-") and p.name.endswith(".codes.npy"))
     if not prefixes:
       raise ValueError(f"{directory!r}: manifest.json but no shard-*.codes.npy files")
-    parts = {name: [np.load(f"{p}.{name}.npy", mmap_mode="r") for p in prefixes]
+    parts = {name: [files.load_npy(f"{p}.{name}.npy") for p in prefixes]
              for name in ARRAYS}
     self.num_positions = int(self.manifest["num_positions"])
     for p, codes in zip(prefixes, parts["codes"]):

@@ -1,5 +1,5 @@
 """grain input pipelines: the training iterator (this process's slice of each global
-batch, checkpointable) and a fixed evaluation batch.
+batch, from any global batch on) and a fixed evaluation batch.
 
     source -> shuffle(seed) -> repeat (reshuffled each epoch) -> random_map(TrainAugment,
     seed)   = the global stream, the same on every process
@@ -10,8 +10,10 @@ Global batch j is the stream's elements [j*B, (j+1)*B), a pure function of (seed
 j), whatever the number of processes or workers; process p of P loads (decodes and
 augments) only its rows [p*B/P, (p+1)*B/P) of it, and the trainer assembles the global
 array with `jax.make_array_from_process_local_data`. So a run on 2 hosts sees exactly the
-batches of a run on 1. `iterator.get_state()` (a small dict; stored with the checkpoint) +
-`set_state()` resume at the identical next batch.
+batches of a run on 1. A resumed run therefore needs no stored iterator state: the
+trainer starts the stream at global batch `step` (`iterate(ds, start=step)`), which is
+right for any number of processes or worker processes, also when they changed since the
+checkpoint was written (grain's own iterator state is per process and per worker).
 """
 from __future__ import annotations
 
@@ -113,25 +115,28 @@ def shuffled_batches(source, global_batch: int, *, seed: int, process_index: int
   return mine.batch(batch, drop_remainder=True)
 
 
-def iterate(ds: grain.MapDataset, num_workers: int = 0) -> grain.DatasetIterator:
-  """Checkpointable iterator over a MapDataset, with `num_workers` worker processes."""
-  it_ds = ds.to_iter_dataset(_read_options(num_workers))
+def iterate(ds: grain.MapDataset, num_workers: int = 0, start: int = 0) -> grain.DatasetIterator:
+  """Iterator over a MapDataset from element `start` on, with `num_workers` worker
+  processes."""
+  if start < 0:
+    raise ValueError(f"start must be >= 0, got {start}")
+  it_ds = (ds[start:] if start else ds).to_iter_dataset(_read_options(num_workers))
   if num_workers > 0:
     _ensure_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it_ds)
 
 
-def make_train_iterator(config, *, seed: int, process_index=None, process_count=None,
-                        source=None) -> grain.DatasetIterator:
-  """Checkpointable iterator over this process's training batches:
+def make_train_iterator(config, *, seed: int, start: int = 0, process_index=None,
+                        process_count=None, source=None) -> grain.DatasetIterator:
+  """Iterator over this process's training batches from global batch `start` on:
   {'image': (b, H, W, 3) float32 in [-1, 1], 'label': (b,) int32} plus, when
   `data.align_views`, 'weak' (ImageNet-normalised) and 'strong' ([-1, 1]) of shape
   (b, align_size, align_size, 3), where b = train.batch_size / process_count.
   process_index / process_count default to jax.process_index() / jax.process_count()."""
   ds = make_train_dataset(config, seed=seed, process_index=process_index,
                           process_count=process_count, source=source)
-  return iterate(ds, int(config.data.num_workers))
+  return iterate(ds, int(config.data.num_workers), start)
 
 
 def eval_indices(length: int, n: int) -> np.ndarray:

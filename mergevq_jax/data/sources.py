@@ -22,6 +22,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from mergevq_jax import files
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SOURCES = ("samples", "folder", "tfds")
 EVAL_SPLITS = ("eval", "val", "validation", "test")
@@ -61,8 +63,9 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
 
 
 def decode_image_file(path: str) -> np.ndarray:
-  """Decode one image file fully (truncated files raise here, not later) to uint8 RGB."""
-  with Image.open(path) as img:
+  """Decode one image file (local or gs://...) fully (truncated files raise here, not
+  later) to uint8 RGB."""
+  with files.open_for_reading(path) as f, Image.open(f) as img:
     img.load()
     return to_rgb_uint8(img)
 
@@ -257,28 +260,22 @@ class SampleImages:
 
 # ------------------------------------------------------------------------- image folder
 
-def _list_images(directory: str) -> list[str]:
-  out = []
-  for dirpath, dirnames, filenames in os.walk(directory):
-    dirnames.sort()
-    for f in sorted(filenames):
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-        out.append(os.path.join(dirpath, f))
-  return out
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _split_dir(root: str, split: str) -> str:
+def _split_dir(root, split: str):
   """root/train for 'train', root/val (or validation) for eval splits, else root itself."""
   names = {"train": ("train",), "test": ("test",)}.get(split, ())
   if is_eval_split(split) and split != "test":
     names = ("val", "validation", "eval")
   for name in names:
-    candidate = os.path.join(root, name)
-    if os.path.isdir(candidate):
+    candidate = root / name
+    if candidate.is_dir():
       return candidate
   if is_eval_split(split):
-    train = os.path.join(root, "train")
-    fallback = train if os.path.isdir(train) else root
+    train = root / "train"
+    fallback = train if train.is_dir() else root
     logging.warning("ImageFolder: no %s/{val,validation,eval} directory; the %r split uses "
                     "the images in %s", root, split, fallback)
     return fallback
@@ -291,34 +288,39 @@ class ImageFolder(_ReplacingSource):
 
   Classes are the sorted sub-folder names (label = position); a folder with images but no
   class sub-folders is one class (label 0). Files are decoded lazily with PIL and converted
-  to RGB; corrupt files are skipped and counted (see module docstring).
+  to RGB; corrupt files are skipped and counted (see module docstring). `root` may be
+  local or in an object store (gs://...): the tree is listed once.
   """
 
   def __init__(self, root: str, split: str = "train"):
     super().__init__()
     if not root:
       raise ValueError("ImageFolder needs a root directory (config.data.path is empty)")
-    root = os.path.abspath(os.path.expanduser(str(root)))
-    if not os.path.isdir(root):
-      raise ValueError(f"image folder {root} does not exist or is not a directory")
-    self.root = root
+    path = files.path(root)
+    if not path.is_dir():
+      raise ValueError(f"image folder {path} does not exist or is not a directory")
+    self.root = os.fspath(path)
     self.split = split
-    self.directory = _split_dir(root, split)
-    class_dirs = sorted(e.name for e in os.scandir(self.directory)
-                        if e.is_dir() and not e.name.startswith("."))
+    directory = _split_dir(path, split)
+    self.directory = os.fspath(directory)
+    by_class: dict[str, list[str]] = {}   # class folder -> its images, in walk order
+    loose = []                            # images directly in the directory
+    for f in files.walk_files(directory):
+      parts = f.relative_to(directory).parts
+      if not _is_image(f.name):
+        continue
+      if len(parts) == 1:
+        loose.append(os.fspath(f))
+      elif not parts[0].startswith("."):
+        by_class.setdefault(parts[0], []).append(os.fspath(f))
     paths, labels, classes = [], [], []
-    for name in class_dirs:
-      files = _list_images(os.path.join(self.directory, name))
-      if files:
-        labels += [len(classes)] * len(files)
-        classes.append(name)
-        paths += files
+    for name in sorted(by_class):
+      labels += [len(classes)] * len(by_class[name])
+      classes.append(name)
+      paths += by_class[name]
     if not paths:                        # images directly in the directory: one class
-      paths = [os.path.join(self.directory, f) for f in sorted(os.listdir(self.directory))
-               if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-               and os.path.isfile(os.path.join(self.directory, f))]
-      labels = [0] * len(paths)
-      classes = [os.path.basename(self.directory)] if paths else []
+      paths, labels = loose, [0] * len(loose)
+      classes = [directory.name] if paths else []
     if not paths:
       raise ValueError(f"image folder {self.directory} contains no images "
                        f"(looked for {', '.join(IMAGE_EXTENSIONS)} in class sub-folders)")

@@ -8,13 +8,13 @@ the tokenizer recorded in the codes manifest is available.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
 import numpy as np
 from absl import logging
 
+from mergevq_jax import files
 from mergevq_jax.checkpoint import MERGEAR_LAYOUT
 from mergevq_jax.config.mergear import validate_mergear_config
 from mergevq_jax.data import codes as codes_lib
@@ -101,11 +101,10 @@ class ARStage(loop.Stage):
   def __init__(self, config):
     super().__init__(config)
     self.dataset = check_train_config(config, self.mesh)
-    from mergevq_jax.data.pipeline import iterate, process_layout, shuffled_batches
+    from mergevq_jax.data.pipeline import process_layout, shuffled_batches
     pi, pc = process_layout(None, None)
-    self.iterator = iterate(shuffled_batches(self.dataset, config.train.batch_size,
-                                             seed=config.seed, process_index=pi,
-                                             process_count=pc))
+    self.train_data = shuffled_batches(self.dataset, config.train.batch_size, seed=config.seed,
+                                       process_index=pi, process_count=pc)
     self.sampler = None
     if config.train.sample_every and self.dataset.manifest.get("tokenizer_workdir"):
       try:
@@ -168,7 +167,7 @@ class ARStage(loop.Stage):
     last = self.last
     return {"loss_first_log": self.first_loss, "loss_last_log": last["loss"] if last else None,
             "acc_last_log": last["acc"] if last else None, "sequences": len(self.dataset),
-            "samples_png": (os.path.join(os.path.abspath(workdir), "samples.png")
+            "samples_png": (files.join(workdir, "samples.png")
                             if self.sampler is not None else None),
             **self.sample_stats}
 

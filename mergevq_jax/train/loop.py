@@ -9,9 +9,7 @@ and summary entries. `run(StageClass, config, workdir)` does the rest.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -21,8 +19,9 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from mergevq_jax import run_dir, sharding
+from mergevq_jax import files, run_dir, sharding
 from mergevq_jax.checkpoint import Checkpointer
+from mergevq_jax.data.pipeline import iterate
 from mergevq_jax.progress import Progress
 from mergevq_jax.train.logger import Logger
 
@@ -89,10 +88,11 @@ def check_train_common(config, mesh) -> None:
 class Stage:
   """What one stage plugs into `run`. Subclasses set `layout` (the checkpoint layout
   tag), and in __init__ (after this one) check everything that can be checked before
-  compiling and set `iterator` (a checkpointable grain iterator of host batches)."""
+  compiling and set `train_data` (the grain MapDataset of this process's host batches,
+  one per step: `run` iterates it from the restored step on)."""
 
   layout: str
-  iterator: Any
+  train_data: Any
 
   def __init__(self, config):
     self.config = config
@@ -166,7 +166,7 @@ def _restore(stage: Stage, ckpt: Checkpointer, step: int, workdir: str, changes:
   abstract = stage.abstract_state()
   shardings = sharding.state_shardings(abstract, stage.mesh, stage.rules)
   try:
-    state, meta = ckpt.restore(abstract, shardings, stage.iterator, step=step)
+    state, meta = ckpt.restore(abstract, shardings, step=step)
   except Exception as e:  # noqa: BLE001 -- orbax's errors name neither key nor config
     if isinstance(e, ValueError) and "layout" in str(e):
       raise
@@ -218,6 +218,8 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
   batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
   step_fn = stage.make_step(shardings, batch_sharding)
   logger = Logger(workdir, start)
+  # Batch j of the stream is a function of j alone (data/pipeline.py): resume at `start`.
+  batches = iterate(stage.train_data, int(config.data.get("num_workers", 0)), start)
   step = start
   end = t.steps if stop_at is None else min(stop_at, t.steps)
   progress = Progress(t.steps, start, unit="step", label="train")
@@ -225,7 +227,7 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
     try:
       stage.begin(state, start, logger)
       while step < end:
-        batch = stage.device_batch(next(stage.iterator), batch_sharding)
+        batch = stage.device_batch(next(batches), batch_sharding)
         with sharding.use_mesh(mesh, rules):
           state, metrics = step_fn(state, batch, step)
         step += 1
@@ -242,7 +244,7 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
         if step != end and stop.signal is None:
           stage.periodic(state, step, logger)
         if step % t.ckpt_every == 0 or stop.signal or step == end:
-          ckpt.save(step, state, stage.iterator, stage.checkpoint_meta())
+          ckpt.save(step, state, stage.checkpoint_meta())
           last_saved = step
         if stop.signal:
           ckpt.wait()
@@ -254,11 +256,10 @@ def _train(stage: Stage, state, shardings, start: int, ckpt: Checkpointer,
     finally:
       progress.close()
       logger.close()
-  summary = {"workdir": os.path.abspath(workdir), "start_step": start, "steps": step,
+  summary = {"workdir": files.join(workdir), "start_step": start, "steps": step,
              **stage.summary(state, step, workdir), "skipped_steps": int(state.skipped),
              "preempted": stop.signal is not None, "stopped_by": stop.signal,
              "seconds": round(time.time() - t0, 1)}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
+    files.write_json(files.join(workdir, "summary.json"), summary)
   return summary

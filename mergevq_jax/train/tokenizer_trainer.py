@@ -75,12 +75,12 @@ class TokenizerStage(loop.Stage):
   def __init__(self, config):
     super().__init__(config)
     check_train_config(config, self.mesh)
-    from mergevq_jax.data.pipeline import make_eval_batch, make_train_iterator
+    from mergevq_jax.data.pipeline import make_eval_batch, make_train_dataset
     self.graphs = make_graphs(config)
     self.frozen_graphs, self.frozen = load_frozen(config)
     if self.frozen.teacher is not None and not config.data.align_views:
       raise ValueError("the alignment loss needs data.align_views=True (weak/strong views)")
-    self.iterator = make_train_iterator(config, seed=config.seed)
+    self.train_data = make_train_dataset(config, seed=config.seed)
     # The fixed eval batch and its reconstructions are replicated: every process holds
     # them whole (images, PSNR and codebook statistics need no cross-host gather).
     replicated = NamedSharding(self.mesh, PartitionSpec())
