@@ -1,7 +1,8 @@
-"""Two JAX processes x 4 CPU devices (launch/local.sh, gloo collectives) train exactly what
-one process with 8 devices trains: the same global batches (each process loads only its
-rows), the same losses and parameters; the run's files are written once; the checkpoint
-restores in one process."""
+"""Two JAX processes (launch/local.sh, gloo collectives) x 1 CPU device (every run) or x 4
+(slow) train exactly what one process with twice the devices trains: the same global
+batches (each process loads only its rows), the same losses and parameters; the run's
+files are written once; the checkpoints restore in one process. Bad layouts, an
+unreachable coordinator and a process that dies are one clear line each."""
 import json
 import os
 import socket
@@ -72,7 +73,17 @@ def losses(path, key):
 
 
 @pytest.mark.slow
+def test_two_processes_x4_devices_train_what_one_process_x8_trains(tmp_path):
+  two_processes_train_what_one_process_trains(tmp_path, 4, (23521, 23522))
+
+
 def test_two_processes_train_what_one_process_trains(tmp_path):
+  """The same with one device per process against one process with two: fast enough for
+  every test run (the 8-device programs above take minutes to compile and run here)."""
+  two_processes_train_what_one_process_trains(tmp_path, 1, (23524, 23525))
+
+
+def two_processes_train_what_one_process_trains(tmp_path, devices: int, ports):
   ar_config = tmp_path / "mergear_small.py"   # no sample grids: nothing but training
   ar_config.write_text(
       "from mergevq_jax.config import load_config_file\n"
@@ -82,8 +93,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
       "  c.train.batch_size, c.train.sample_every, c.train.log_every = 8, 0, 1\n"
       "  return c\n")
   one, two = tmp_path / "one", tmp_path / "two"
-  launch(one, 1, 8, ar_config, 23521)
-  launch(two, 2, 4, ar_config, 23522)
+  launch(one, 1, 2 * devices, ar_config, ports[0])
+  launch(two, 2, devices, ar_config, ports[1])
   for sub, key in (("", "train/g_total"), ("mergear", "train/loss")):
     a, b = losses(one / sub / "metrics.jsonl", key), losses(two / sub / "metrics.jsonl", key)
     assert sorted(a) == sorted(b) == [1, 2, 3]           # each step logged once (process 0)
