@@ -1,5 +1,8 @@
-"""Checkpoint/resume: 2N steps in one run == N steps, restart, N more steps."""
+"""Checkpoint/resume: 2N steps in one run == a run resumed from that run's step-N
+checkpoint for N more steps."""
+import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -16,7 +19,7 @@ N = 3
 
 
 def run_config():
-  cfg = small_config(steps=2 * N, log_every=1, eval_every=10 ** 6, ckpt_every=10 ** 6)
+  cfg = small_config(steps=2 * N, log_every=1, eval_every=10 ** 6, ckpt_every=N)
   cfg.model.keep_candidates, cfg.model.keep_probs = (36, 49), (0.5, 0.5)
   cfg.loss.disc_start = 1  # the adversarial terms, the LeCAM EMA and D all take part
   cfg.data.eval_images = 2
@@ -36,13 +39,17 @@ def final_state(workdir, cfg):
 def test_restart_equals_uninterrupted(tmp_path):
   cfg = run_config()
   straight = train(cfg, str(tmp_path / "straight"))
-  first = train(cfg, str(tmp_path / "split"), stop_at=N)
-  assert first["steps"] == N
+  # A job that died after its step-N checkpoint: the run directory as it was then (the
+  # logs of later steps are still there, and are dropped by the resume).
+  shutil.copytree(tmp_path / "straight", tmp_path / "split")
+  shutil.rmtree(tmp_path / "split" / "checkpoints" / str(2 * N))
   second = train(cfg, str(tmp_path / "split"))
   assert second["start_step"] == N and second["steps"] == 2 * N == straight["steps"]
   a, meta_a = final_state(tmp_path / "straight", cfg)
   b, meta_b = final_state(tmp_path / "split", cfg)
   assert meta_a["step"] == meta_b["step"] == 2 * N
+  records = map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines())
+  assert [r["step"] for r in records if "train/g_total" in r] == list(range(1, 2 * N + 1))
   assert int(a.step) == int(b.step) == 2 * N
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
