@@ -178,7 +178,7 @@ def main():
 
   add(train_step, a.smoke, platform, a.train_batch, a.iters)
   add(forward, a.smoke, platform, a.forward_batch, a.iters)
-  for batch in (int(b) for b in a.decode_batches.split(",")):
+  for batch in (int(b) for b in a.decode_batches.split(",") if b):
     for variant in ("pruned", "full"):
       add(decode, a.smoke, platform, variant, batch, 3)
   print_table(f"GPU check ({time.time() - t0:.0f} s)", rows,

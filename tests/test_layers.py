@@ -174,3 +174,21 @@ def test_platform_selects_the_kernels_and_both_agree():
   assert "feature_group_count = 32" in programs["tpu"]
   for a, b in zip(jax.tree.leaves(results["cpu"]), jax.tree.leaves(results["tpu"]), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4, rtol=1e-4)
+
+
+def test_padded_attention_equals_attention_values_and_gradients():
+  """The cuDNN path pads query and key lengths to a multiple of 64 (257 tokens: 256 + [CLS]);
+  padded keys take no weight and padded queries are cut off, in value and gradient."""
+  from mergevq_jax.models.layers import padded_attention
+  kq, kk, kv, kb = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(kq, (2, 257, 2, 8))
+  k = jax.random.normal(kk, (2, 257, 2, 8))
+  v = jax.random.normal(kv, (2, 257, 2, 8))
+  bias = jnp.log(jax.random.uniform(kb, (2, 1, 1, 257), minval=0.5, maxval=3.0))
+  plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, bias=bias).sum()
+  padded = lambda q, k, v: padded_attention(q, k, v, bias, 64, None).sum()
+  np.testing.assert_allclose(padded_attention(q, k, v, bias, 64, None),
+                             jax.nn.dot_product_attention(q, k, v, bias=bias), atol=1e-5)
+  for a, b in zip(jax.grad(plain, (0, 1, 2))(q, k, v), jax.grad(padded, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert padded_attention(q, k, v, None, 64, None).shape == q.shape

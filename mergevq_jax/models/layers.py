@@ -192,10 +192,35 @@ class Attention(nnx.Module):
       k, v = jnp.moveaxis(self.kv(context), 2, 0)
     q = constrain(q, ("batch", "length", "act_heads", None))
     bias = None if key_bias is None else key_bias.astype(q.dtype)
-    if bias is not None and self.implementation == "cudnn":  # cuDNN wants (B, 1, T, S)
-      bias = jnp.broadcast_to(bias, (bias.shape[0], 1, q.shape[1], bias.shape[-1]))
-    o = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.implementation)
+    if self.implementation == "cudnn":
+      o = padded_attention(q, k, v, bias, CUDNN_LENGTH_MULTIPLE, "cudnn")
+    else:
+      o = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.implementation)
     return self.out(o), jnp.mean(k, axis=2)
+
+
+# cuDNN's fused attention takes query and key lengths that are whole multiples of this
+# (measured on an H200 with jax 0.11.2: the training step of 257 tokens, 256 + [CLS], was
+# refused with "Unsupported sequence length Q 257, KV 257").
+CUDNN_LENGTH_MULTIPLE = 64
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+                     multiple: int, implementation: str | None) -> jax.Array:
+  """jax.nn.dot_product_attention with the query and key lengths padded up to `multiple`:
+  padded keys get a large negative bias (no weight), padded queries are cut off, so the
+  result equals the unpadded attention. q: (B, T, H, C); k, v: (B, S, H, C); bias:
+  (B, 1, 1, S) or None. Returns (B, T, H, C)."""
+  t, s = q.shape[1], k.shape[1]
+  tp, sp = -(-t // multiple) * multiple, -(-s // multiple) * multiple
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+  key_bias = jnp.zeros((q.shape[0], 1, 1, s), q.dtype) if bias is None else bias
+  key_bias = jnp.pad(key_bias, ((0, 0), (0, 0), (0, 0), (0, sp - s)),
+                     constant_values=-1e9)
+  key_bias = jnp.broadcast_to(key_bias, (q.shape[0], 1, tp, sp))   # cuDNN: (B, 1, T, S)
+  o = jax.nn.dot_product_attention(pad(q, tp), pad(k, sp), pad(v, sp), bias=key_bias,
+                                   implementation=implementation)
+  return o[:, :t]
 
 
 class Mlp(nnx.Module):
