@@ -110,16 +110,11 @@ def open_for_reading(p: PathLike):
 def walk_files(root: PathLike) -> list[epath.Path]:
   """Every file under `root` in os.walk order with sorted names: a folder's files, then
   each sub-folder's, depth first."""
-  tree = {os.fspath(d): (d, sorted(dirs), sorted(files)) for d, dirs, files in path(root).walk()}
-
-  def visit(key: str) -> list[epath.Path]:
-    d, dirs, files = tree[key]
-    out = [d / f for f in files]
-    for name in dirs:
-      out += visit(os.fspath(d / name)) if os.fspath(d / name) in tree else []
-    return out
-
-  return visit(os.fspath(path(root))) if os.fspath(path(root)) in tree else []
+  top = path(root)
+  found = [d / name for d, _, names in top.walk() for name in names]
+  # A folder's files ((0, name)) sort before its sub-folders ((1, name)).
+  order = lambda parts: [(1, p) for p in parts[:-1]] + [(0, parts[-1])]
+  return sorted(found, key=lambda f: order(f.relative_to(top).parts))
 
 
 def copy(src: PathLike, dst: PathLike) -> None:
