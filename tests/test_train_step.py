@@ -129,3 +129,30 @@ def test_loss_functions():
   assert float(losses.alignment_loss(-t, t)) > 0
   assert float(metrics.psnr(x, x)) == pytest.approx(100.0)
   assert float(metrics.psnr(x, y)) == pytest.approx(-10 * np.log10(0.0625), rel=1e-5)
+
+
+def test_steps_per_k_compiled_ahead_in_threads_equal_those_compiled_on_demand():
+  """StepPerK with workers (the gpu/tpu trainer) compiles every K candidate on its first
+  call, concurrently, and each K's step gives what the on-demand compilation gives."""
+  from mergevq_jax.train.tokenizer_step import StepPerK
+  from mergevq_jax.train.tokenizer_trainer import compile_workers
+  jitted = jax.jit(lambda s, b, f, k: (s * k + b[:k].sum(), f), static_argnums=(3,))
+  state, batch = jnp.float32(2.0), jnp.arange(8, dtype=jnp.float32)
+  ahead, on_demand = StepPerK(jitted, (2, 5, 7, 5), workers=2), StepPerK(jitted)
+  assert float(ahead(state, batch, None, 5)[0]) == 2 * 5 + 10
+  assert set(ahead.compiled) == {2, 5, 7}
+  for k in (7, 2, 3):   # 3 is not a candidate: compiled on demand
+    assert float(ahead(state, batch, None, k)[0]) == float(on_demand(state, batch, None, k)[0])
+  assert ahead.num_compiled == 4 and on_demand.num_compiled == 3
+  assert compile_workers("cpu", 6) == 0 and 1 <= compile_workers("tpu", 6) <= 6
+
+
+def test_compilation_cache_in_the_run_directory(monkeypatch):
+  from mergevq_jax.main import compilation_cache_dir
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  assert compilation_cache_dir("auto", "tpu", "gs://bucket/run") == "gs://bucket/run/xla_cache"
+  assert compilation_cache_dir("auto", "cpu", "/tmp/run") == ""
+  assert compilation_cache_dir("", "gpu", "/tmp/run") == ""
+  assert compilation_cache_dir("/cache", "cpu", "/tmp/run") == "/cache"
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+  assert compilation_cache_dir("auto", "tpu", "/tmp/run") == ""

@@ -28,6 +28,18 @@ import jax.numpy as jnp
 from jax import lax
 
 CPU = "cpu"  # the config platform whose convs take this module's kernel gradient
+# Name scope of every XLA:CPU-only kernel (it shows in the compiled HLO's op names): a
+# program compiled for another platform must not contain it (tests/test_aot.py).
+CPU_KERNEL_SCOPE = "xla_cpu_kernel"
+
+
+def cpu_kernel(fn):
+  """Trace `fn` under CPU_KERNEL_SCOPE."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.named_scope(CPU_KERNEL_SCOPE):
+      return fn(*args, **kwargs)
+  return wrapped
 _NHWC = ("NHWC", "HWIO", "NHWC")
 BAND_BYTES = 6 << 20  # patch bytes per scan step: fits in L2/L3 on typical CPUs
 # Up to this many output channels the band's matmul is written dy^T @ patches (the result
@@ -106,6 +118,7 @@ def band_rows(batch: int, out_h: int, out_w: int, patch: int, itemsize: int) -> 
   return best
 
 
+@cpu_kernel
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
                 strides: tuple[int, int], pads, precision=None, band_fn=None) -> jax.Array:
   """d(sum(dy * conv(f(x), k)))/dk, shape `kernel_shape` (kh, kw, C_in, C_out), float32.

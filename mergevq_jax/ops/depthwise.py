@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mergevq_jax.ops import conv as conv_lib
 from mergevq_jax.ops.conv import CPU
 
 
@@ -44,6 +45,7 @@ def _weighted_sum(taps: list[jax.Array], kernel: jax.Array) -> jax.Array:
   return out
 
 
+@conv_lib.cpu_kernel
 def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """sum_ij pad(x)[:, i:i+H, j:j+W] * kernel[i, j, 0]: x (B, H, W, C), kernel (k, k, 1, C)."""
   return _weighted_sum(_taps(x, kernel.shape[0]), kernel)
@@ -63,6 +65,7 @@ def _depthwise_fwd(x, kernel):
   return _shifted_sum(x, kernel), (x, kernel)
 
 
+@conv_lib.cpu_kernel
 def _depthwise_bwd(residuals, dy):
   x, kernel = residuals
   k = kernel.shape[0]

@@ -10,6 +10,7 @@ K (`num_keep`) is static: one compilation per candidate K, cached by jax.jit.
 """
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -150,19 +151,38 @@ class StepPerK:
   After each compilation the host memory XLA's compiler freed (~2 GB for G+R) is given
   back to the OS before the step first allocates its own buffers (`host_memory`), so the
   process peak is not compiler scratch plus step buffers.
+
+  With `workers` > 0 (the trainer's choice on the gpu and tpu platforms, where one G+R
+  step takes minutes to compile: README, "Compiling for TPU"), the first call lowers the
+  step for every K in `candidates` and compiles them concurrently in `workers` threads
+  (XLA compiles without the GIL); a call waits only for its own K, so a new K drawn later
+  no longer stalls training for a whole compilation.
   """
 
-  def __init__(self, jitted):
+  def __init__(self, jitted, candidates=(), workers: int = 0):
     self.jitted = jitted
-    self.compiled = {}
+    self.candidates = tuple(dict.fromkeys(candidates))
+    self.workers = workers
+    self.compiled = {}   # K -> executable, or a Future of one while compiling ahead
 
   def __call__(self, state, batch, frozen, num_keep: int):
+    if self.workers and not self.compiled:
+      self._compile_ahead(state, batch, frozen)
     fn = self.compiled.get(num_keep)
     if fn is None:
       fn = self.compiled[num_keep] = self.jitted.lower(state, batch, frozen, num_keep).compile()
       host_memory.release_free_memory()
+    elif isinstance(fn, concurrent.futures.Future):
+      fn = self.compiled[num_keep] = fn.result()
     return fn(state, batch, frozen)
+
+  def _compile_ahead(self, state, batch, frozen) -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="compile")
+    for k in self.candidates:   # tracing and lowering here, in this thread
+      self.compiled[k] = pool.submit(self.jitted.lower(state, batch, frozen, k).compile)
+    pool.shutdown(wait=False)
 
   @property
   def num_compiled(self) -> int:
-    return len(self.compiled)
+    return sum(not isinstance(f, concurrent.futures.Future) or f.done()
+               for f in self.compiled.values())

@@ -53,6 +53,15 @@ def sample_num_keep(config, step: int) -> int:
   return int(rng.choice(np.asarray(m.keep_candidates), p=np.asarray(m.keep_probs)))
 
 
+def compile_workers(platform: str, num_candidates: int) -> int:
+  """Threads that compile the K candidates' steps ahead (`StepPerK`): none on 'cpu' (a
+  2-core host gains little and would hold several compilers' memory), else one per
+  candidate up to a quarter of the host's cores."""
+  if platform == "cpu":
+    return 0
+  return max(1, min(num_candidates, (os.cpu_count() or 4) // 4))
+
+
 def load_frozen(config) -> tuple[Frozen, Frozen]:
   """(graphdefs, states) of the frozen networks that are switched on."""
   lo = config.loss
@@ -105,9 +114,11 @@ class TokenizerStage(loop.Stage):
   def make_step(self, shardings, batch_sharding):
     frozen_shardings = sharding.state_shardings(self.frozen, self.mesh, self.rules)
     frozen = jax.device_put(self.frozen, frozen_shardings)
+    candidates = self.config.model.keep_candidates or (self.config.model.num_keep,)
     self.step_fn = StepPerK(jit_train_step(
         make_train_step(self.config, self.graphs, self.frozen_graphs), shardings,
-        batch_sharding, frozen_shardings, self.mesh))
+        batch_sharding, frozen_shardings, self.mesh), candidates,
+        compile_workers(self.config.platform, len(candidates)))
     host_memory.release_free_memory()  # initialisation / restore scratch
 
     def step(state, batch, index):

@@ -36,10 +36,12 @@ class DecodeStats(NamedTuple):
 
 
 def _step(model: MergeAR, layers, layout: CacheLayout, cache: CacheState, x: jax.Array,
-          angles: jax.Array, slots: jax.Array, position) -> tuple[jax.Array, CacheState]:
+          angles: jax.Array, slots: jax.Array, position, unroll: bool = False
+          ) -> tuple[jax.Array, CacheState]:
   """Feed one token per row: x (R, 1, D) at raster `position` into `slots` (R,).
   `layers`: from `decoder_layers`. Returns the final-normed hidden state (R, D) and the
-  cache."""
+  cache. `unroll` runs the stacked layers as a Python loop (a loop-free program with the
+  scan's memory traffic, for XLA's cost analysis: `mergevq_jax.aot`)."""
   eps = model.config.model.norm_eps
   cache = kv_cache.record_position(cache, slots, position)
   visible = kv_cache.visible_slots(layout, cache, position)[:, None, :]
@@ -58,13 +60,24 @@ def _step(model: MergeAR, layers, layout: CacheLayout, cache: CacheState, x: jax
     ks, vs = tuple(ks), tuple(vs)
   else:   # stacked slabs as the carry of a scan over layers, updated in place
     def body(carry, inputs):
+      # The new k, v go straight into the stacked buffers and attention reads its layer's
+      # slab from them. Slicing the slab out, writing into it and putting it back moved
+      # the slab three more times per layer: 14x the bytes of the weights + cache per
+      # position of MergeAR-L on TPU (python -m mergevq_jax.aot).
       x, ks, vs = carry
       p, layer = inputs
-      x, k_cache, v_cache = block(x, p, ks[layer], vs[layer])
-      return (x, ks.at[layer].set(k_cache), vs.at[layer].set(v_cache)), None
+      q, k, v = block_qkv(p, x, angles, eps)
+      ks, vs = kv_cache.write_kv_stacked(ks, vs, layer, slots, k[:, :, 0], v[:, :, 0])
+      o = attend(q, ks[layer], vs[layer], visible)
+      return (block_finish(p, x, o, eps), ks, vs), None
 
-    (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v),
-                                  (layers, jnp.arange(cache.k.shape[0])))
+    carry = (x, cache.k, cache.v)
+    if unroll:
+      for layer in range(cache.k.shape[0]):
+        carry, _ = body(carry, (jax.tree.map(lambda a: a[layer], layers), layer))
+    else:
+      carry, _ = jax.lax.scan(body, carry, (layers, jnp.arange(cache.k.shape[0])))
+    x, ks, vs = carry
   return model.final(x)[:, 0], cache._replace(k=ks, v=vs)
 
 
@@ -108,12 +121,12 @@ def prefill(model: MergeAR, layers, layout: CacheLayout, class_ids: jax.Array,
 
 
 def feed_code(model: MergeAR, layers, layout: CacheLayout, cache: CacheState,
-              codes: jax.Array, position) -> tuple[jax.Array, CacheState]:
+              codes: jax.Array, position, unroll: bool = False) -> tuple[jax.Array, CacheState]:
   """Feed codes (R,) at raster `position` (traced); returns (hidden (R, D), cache)."""
   slots, cache = kv_cache.assign_slot(layout, cache, codes, position)
   angles = jax.lax.dynamic_index_in_dim(model.code_angles(), position, keepdims=True)[None]
   return _step(model, layers, layout, cache, model.embed_codes(codes[:, None]), angles,
-               slots, position)
+               slots, position, unroll)
 
 
 def _stats(layout: CacheLayout, cache: CacheState, last_codes: jax.Array, rows: int

@@ -130,6 +130,13 @@ def write_kv(k_cache: jax.Array, v_cache: jax.Array, slots: jax.Array, k: jax.Ar
   return k_cache.at[batch, :, slots].set(k), v_cache.at[batch, :, slots].set(v)
 
 
+def write_kv_stacked(ks: jax.Array, vs: jax.Array, layer, slots: jax.Array, k: jax.Array,
+                     v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`write_kv` into layer `layer` (traced) of stacked (layers, B, H, C, Dh) caches."""
+  batch = jnp.arange(slots.shape[0])
+  return ks.at[layer, batch, :, slots].set(k), vs.at[layer, batch, :, slots].set(v)
+
+
 def cache_bytes(layout: CacheLayout, batch: int, num_layers: int, width: int, itemsize: int
                 ) -> int:
   """Bytes of the K and V buffers."""
