@@ -56,7 +56,7 @@ def run_case(name: str, topology: str) -> dict:
   from mergevq_jax.aot.run import run
   config = case_config(name)
   functions = EXTRA.get(name, (None, ("train", "decode")))[1]
-  start, fixed = 1, False
+  start, fixed = (4 if config.stage == "tokenizer" else 1), False
   if topology == "v5p-128" and os.path.exists(case_path(name, "v5p-32")):
     with open(case_path(name, "v5p-32")) as f:
       start = json.load(f)["best_batch"] or 1

@@ -74,8 +74,9 @@ def main(argv):
   cache = compilation_cache_dir(_CACHE.value, config.platform, workdir)
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
-  host_memory.reexec_with_malloc_tunables(large=stage == "tokenizer" and (
-      host_memory.large_step(config.model.image_size, config.train.batch_size)))
+  if config.platform == "cpu":   # the tunables are for XLA:CPU's per-step buffers
+    host_memory.reexec_with_malloc_tunables(large=stage == "tokenizer" and (
+        host_memory.large_step(config.model.image_size, config.train.batch_size)))
   if _DISTRIBUTED.value or _COORDINATOR.value:
     from mergevq_jax import distributed
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

@@ -183,8 +183,7 @@ def test_find_max_batch_search(monkeypatch, limit):
   best, rows = report.find_max_batch(lambda b: None, chips.parse_topology("v5e:2x2"),
                                      headroom=1.0)
   assert best <= limit and len(rows) == len(set(seen)) <= 6, seen
-  above = min((b for b in seen if b > best), default=None)
-  assert above is not None and above - best <= max(1, best // 8), seen
+  assert best >= limit - max(1, limit // 8), seen   # within 12.5% of the true answer
 
 
 @needs_libtpu

@@ -171,6 +171,8 @@ def find_max_batch(make_target, topology: Topology, start: int = 1, limit: int =
     (b0, t0), (b1, t1) = known[-2], known[-1]
     slope = (t1 - t0) / (b1 - b0) if b1 != b0 and t1 > t0 else 0.0
     guess = int(b1 + (budget - t1) / slope) if slope else 2 * good
+    if bad is None and slope and rows[b1]["fits"] and guess < good + max(1, good // 8):
+      break   # the line through fitting points ends within 12.5% above `good`
     guess = min(guess, limit)
     if bad is not None:    # stay inside (good, bad), a quarter of it below bad at least
       guess = min(guess, bad - max(1, (bad - good) // 4))
