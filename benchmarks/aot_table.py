@@ -84,9 +84,8 @@ def _largest_k(config):
 
 
 TABLE_COLUMNS = ("config", "slice", "function", "per_chip_batch", "total_gib", "hbm_gib",
-                 "images_per_s", "tokens_per_s", "mfu", "step_bytes_vs_must_read", "vs_hbm_bound",
-                 "estimate_from",
-                 "compile_s")
+                 "images_per_s", "images_per_s_at_most", "tokens_per_s", "mfu",
+                 "step_bytes_vs_must_read", "vs_hbm_bound", "estimate_from", "compile_s")
 
 
 def table() -> str:

@@ -147,10 +147,11 @@ def test_tiny_mergear_step_and_decoders(name):
   assert fsdp["argument_bytes"] / replicated["argument_bytes"] < 0.4
   assert replicated["loops"] and replicated["model_tflop"] > replicated["xla_tflop"]
   if name != "v5e:2x2":
-    return   # the decoders once (four programs)
-  decode = {t.name: report.analyse(t, topo, 8)
-            for t in tg.mergear_decode_targets(config, devices, 8)}
-  assert set(decode) == {"decode pruned", "decode full", "decode pruned cfg", "decode full cfg"}
+    return   # the decoders once
+  targets = (tg.mergear_decode_targets(config, devices, 8, guidance=(False,)) +
+             tg.mergear_decode_targets(config, devices, 8, caches=("merge",), guidance=(True,)))
+  decode = {t.name: report.analyse(t, topo, 8) for t in targets}
+  assert set(decode) == {"decode pruned", "decode full", "decode pruned cfg"}
   assert all(r["fits"] for r in decode.values())
   cache = {name: r["kv_cache_bytes"] for name, r in decode.items()}
   assert cache["decode pruned"] < cache["decode full"]

@@ -20,10 +20,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -38,8 +34,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology: v5p:4x4x4, v5e:
 _BATCH = flags.DEFINE_integer("per_chip_batch", 0, "Per-chip training batch; 0: "
                               "config train.batch_size / chips (at least 1).")
 _FIND = flags.DEFINE_bool("find_max_batch", False, "Search the largest per-chip training "
-                          "batch that fits (doubling, then bisection to within 12.5%%), at "
-                          "the largest K; then compile every function at that batch.")
+                          "batch that fits in 97%% of HBM (a line through compiled points, "
+                          "to within 12.5%%), at the largest K; then compile every function "
+                          "at that batch.")
 _KEEPS = flags.DEFINE_string("num_keep", "", "Tokenizer: comma-separated K values to "
                              "compile; '' = every model.keep_candidates value.")
 _FROZEN = flags.DEFINE_bool("frozen_nets", True, "Tokenizer: include the frozen LPIPS-VGG16 "
@@ -53,6 +50,7 @@ _DECODE_DTYPE = flags.DEFINE_string("decode_weights_dtype", "", "MergeAR: decode
 _WHAT = flags.DEFINE_list("functions", ["train", "decode"], "Which functions: train, decode.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows (and the settings) here.")
 
+
 def main(argv):
   del argv
   if not _TOPOLOGY.value:
@@ -64,9 +62,10 @@ def main(argv):
   print(f"\n{s['variant']} ({s['config_stage']}, {s['dtype']}) on {s['slice']} "
         f"({s['topology']}), mesh {s['mesh_shape']}: compiler estimates, not measurements")
   print(markdown_table(out["rows"], COLUMNS))
-  print("estimate_from: 'xla' = XLA's optimal_seconds (loop-free programs), 'roofline' = "
-        "max(model FLOPs / peak, bytes / HBM bandwidth); per chip and per call (a decode "
-        "call generates the whole image)")
+  print("estimate_from: 'xla' = XLA's optimal_seconds (loop-free programs); 'roofline' = "
+        "max(model FLOPs / peak, bytes / HBM bandwidth), '(lower bound)' when the program "
+        "loops (XLA counts a loop body once); decode: L x one position (2- minus 1-position "
+        "programs). Per chip and per call (a decode call generates whole images).")
   if _JSON.value:
     files.write_json(_JSON.value, out)
 

@@ -6,14 +6,17 @@ the chip's HBM. A program that does not fit fails to compile on TPU; its row say
 the bytes the compiler reported instead of raising.
 
 Time (per call, per chip), the estimate and where it comes from:
-  * 'xla': XLA's `optimal_seconds`, used when positive and the program has no loop
-    (XLA's cost analysis counts a loop body once, whatever its trip count);
-  * 'roofline': max(model FLOPs / bf16 peak, bytes / HBM bandwidth), always computed.
+  * 'xla': XLA's `optimal_seconds`, used when positive and the program has no loop;
+  * 'roofline': max(model FLOPs / bf16 peak, bytes / HBM bandwidth) with XLA's bytes, for
+    a loop-free program whose `optimal_seconds` is not positive (invalid);
+  * 'roofline (lower bound)': a program with loops. XLA's cost analysis counts a loop
+    body once, whatever its trip count, so its bytes are replaced by every input read and
+    every output written once: a bound on speed (`images_per_s_at_most`), no MFU;
+  * decoding: L x one position, the difference of two loop-free programs of 2 and 1
+    positions (`targets._position_step`), never below the HBM bound (the weights and this
+    chip's KV cache read once per position).
 Model FLOPs come from the jaxpr (`aot.flops`: loop bodies times their length) divided by
-the chips; bytes are the compiled program's "bytes accessed", scaled by the factor its
-FLOPs were undercounted by when it has loops, and for a decoder at least the bytes of
-reading the weights and this chip's KV cache once per generated position (the HBM bound).
-MFU = model FLOPs / (estimate x peak).
+the chips. MFU = model FLOPs / (estimate x peak).
 """
 from __future__ import annotations
 
@@ -106,9 +109,12 @@ def analyse(target: Target, topology: Topology, per_chip_batch: int, compiled=No
       roofline_s=round(roofline, 6))
   if target.kind == "decode":
     estimate, source = _decode_estimate(target, topology, row, roofline)
-  row.update(estimate_s=round(estimate, 6), estimate_from=source,
-             mfu=round(model_flops / (estimate * peak), 3),
-             images_per_s=round(target.global_batch / estimate, 2))
+  row.update(estimate_s=round(estimate, 6), estimate_from=source)
+  if source == "roofline (lower bound)":   # an upper bound on speed, not an estimate
+    row["images_per_s_at_most"] = round(target.global_batch / estimate, 2)
+  else:
+    row.update(mfu=round(model_flops / (estimate * peak), 3),
+               images_per_s=round(target.global_batch / estimate, 2))
   return row
 
 

@@ -7,7 +7,8 @@ import time
 
 COLUMNS = ("function", "chips", "per_chip_batch", "args_gib", "out_gib", "temp_gib",
            "total_gib", "hbm_gib", "fits", "model_tflop", "xla_tflop", "gbytes",
-           "estimate_s", "estimate_from", "roofline_s", "images_per_s", "tokens_per_s",
+           "estimate_s", "estimate_from", "roofline_s", "images_per_s", "images_per_s_at_most",
+           "tokens_per_s",
            "mfu", "step_bytes_vs_must_read", "vs_hbm_bound", "compile_s")
 
 
