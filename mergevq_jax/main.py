@@ -52,16 +52,6 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without new
                                   "process before the others stop (JAX's heartbeat).")
 
 
-def compilation_cache_dir(flag: str, platform: str, workdir: str) -> str:
-  """The persistent compilation cache directory for --compilation_cache ('' = none)."""
-  import os
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return ""   # JAX reads it itself
-  if flag == "auto":
-    return files.join(workdir, "xla_cache") if platform != "cpu" else ""
-  return flag
-
-
 def main(argv):
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -71,7 +61,7 @@ def main(argv):
   config_lib.validate(config)   # before anything reads it
   stage = config_lib.stage_of(config)
   run_dir.check_workdir(workdir)
-  cache = compilation_cache_dir(_CACHE.value, config.platform, workdir)
+  cache = run_dir.compilation_cache_dir(_CACHE.value, config.platform, workdir)
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
   if config.platform == "cpu":   # the tunables are for XLA:CPU's per-step buffers

@@ -331,3 +331,15 @@ class _Lease:
     if self.thread.is_alive():
       self.thread.join()
     files.write_text(self.path, "")   # empty: released cleanly
+
+
+def compilation_cache_dir(flag: str, platform: str, workdir: str) -> str:
+  """The persistent XLA compilation cache directory for main's --compilation_cache ('' =
+  none): 'auto' is <workdir>/xla_cache on gpu and tpu, where a G+R step compiles for
+  minutes per K, and none on cpu; JAX_COMPILATION_CACHE_DIR, when set, wins (JAX reads
+  it itself)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return ""
+  if flag == "auto":
+    return files.join(workdir, "xla_cache") if platform != "cpu" else ""
+  return flag

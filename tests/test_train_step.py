@@ -148,7 +148,7 @@ def test_steps_per_k_compiled_ahead_in_threads_equal_those_compiled_on_demand():
 
 
 def test_compilation_cache_in_the_run_directory(monkeypatch):
-  from mergevq_jax.main import compilation_cache_dir
+  from mergevq_jax.run_dir import compilation_cache_dir
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   assert compilation_cache_dir("auto", "tpu", "gs://bucket/run") == "gs://bucket/run/xla_cache"
   assert compilation_cache_dir("auto", "cpu", "/tmp/run") == ""

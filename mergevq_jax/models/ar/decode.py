@@ -62,8 +62,8 @@ def _step(model: MergeAR, layers, layout: CacheLayout, cache: CacheState, x: jax
     def body(carry, inputs):
       # The new k, v go straight into the stacked buffers and attention reads its layer's
       # slab from them. Slicing the slab out, writing into it and putting it back moved
-      # the slab three more times per layer: 14x the bytes of the weights + cache per
-      # position of MergeAR-L on TPU (python -m mergevq_jax.aot).
+      # the slab three more times per layer: 9x the bytes of the weights + cache per
+      # position of MergeAR-L on TPU, now 2.75x (python -m mergevq_jax.aot).
       x, ks, vs = carry
       p, layer = inputs
       q, k, v = block_qkv(p, x, angles, eps)
