@@ -20,17 +20,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mergevq_jax import files
+from mergevq_jax import files, sharding
 
 # Layout tags, one per stage (v1: the whole train state as one 'state' item).
 LAYOUTS = {"tokenizer": "mergevq_jax.tokenizer.v2", "mergear": "mergevq_jax.mergear.v2"}
 TOKENIZER_LAYOUT, MERGEAR_LAYOUT = LAYOUTS["tokenizer"], LAYOUTS["mergear"]
 WEIGHTS = ("params", "ema")   # train-state fields saved as items of their own
-
-
-def _targets(abstract: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
 
 
 def _split(state) -> tuple[dict, dict]:
@@ -85,9 +80,10 @@ class Checkpointer:
     step, meta = self.step_and_meta(step)
     weights, rest = _split(abstract_state)
     weight_shardings, rest_shardings = _split(shardings)
-    items = {name: ocp.args.StandardRestore(_targets(tree, weight_shardings[name]))
+    items = {name: ocp.args.StandardRestore(
+                 sharding.abstract_arrays(tree, weight_shardings[name]))
              for name, tree in weights.items() if _has_leaves(tree)}
-    items["train"] = ocp.args.StandardRestore(_targets(rest, rest_shardings))
+    items["train"] = ocp.args.StandardRestore(sharding.abstract_arrays(rest, rest_shardings))
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     restored = {name: out[name] if name in items else tree for name, tree in weights.items()}
     return type(abstract_state)(**restored, **out["train"]), meta
@@ -99,7 +95,7 @@ class Checkpointer:
       raise ValueError(f"field must be one of {WEIGHTS}, got {field!r}")
     step, meta = self.step_and_meta(step)
     out = self.manager.restore(step, args=ocp.args.Composite(
-        **{field: ocp.args.StandardRestore(_targets(abstract, shardings))}))
+        **{field: ocp.args.StandardRestore(sharding.abstract_arrays(abstract, shardings))}))
     return out[field], meta
 
   def reached_preemption(self, step: int) -> bool:

@@ -126,6 +126,13 @@ def state_shardings(tree: Any, mesh: Mesh, rules) -> Any:
   return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def abstract_arrays(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree`'s leaves placed by the matching `shardings` (a restore
+  target, or inputs to lower a function for a mesh)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
+
+
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules=DEFAULT_RULES) -> Iterator[Mesh]:
   """Within this context `constrain` pins activations to `mesh` according to `rules`."""

@@ -37,11 +37,6 @@ class Target(NamedTuple):
   info: dict                # what the estimate needs beyond the compiled program
 
 
-def _abstract(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
-
-
 def batch_sharding(mesh, rules) -> NamedSharding:
   """The sharding the training loop puts every batch array in (`loop._train`)."""
   return NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
@@ -88,8 +83,8 @@ def tokenizer_targets(config, mesh, per_chip_batch: int, keeps, frozen_nets: boo
       images[view] = _batch_array(mesh, rules, (batch, align, align, 3), jnp.float32)
   step = make_train_step(config, tokenizer_state.graphs(config), frozen_graphs)
   fn = jit_train_step(step, shardings, batch_sharding(mesh, rules), frozen_shardings, mesh)
-  state = _abstract(abstract, shardings)
-  frozen_args = _abstract(frozen, frozen_shardings)
+  state = sharding.abstract_arrays(abstract, shardings)
+  frozen_args = sharding.abstract_arrays(frozen, frozen_shardings)
   nets = [n for n, s in zip(frozen._fields, frozen) if s is not None]
   targets = []
   for k in keeps:
@@ -115,7 +110,7 @@ def mergear_train_target(config, mesh, per_chip_batch: int) -> Target:
   shardings = sharding.state_shardings(abstract, mesh, rules)
   step = ar_step.make_train_step(config, ar_state.graphdef(config))
   fn = ar_step.jit_train_step(step, shardings, batch_sharding(mesh, rules), mesh)
-  state = _abstract(abstract, shardings)
+  state = sharding.abstract_arrays(abstract, shardings)
   data = {"codes": _batch_array(mesh, rules, (batch, length), jnp.int32),
           "keep": _batch_array(mesh, rules, (batch,), jnp.int32),
           "label": _batch_array(mesh, rules, (batch,), jnp.int32)}
@@ -149,7 +144,7 @@ def mergear_decode_targets(config, devices, per_chip_batch: int, caches=("merge"
                       if jnp.issubdtype(x.dtype, jnp.floating) else x)
     abstract = jax.tree.map(cast, abstract)
   shardings = sharding.state_shardings(abstract, mesh, rules)
-  state = _abstract(abstract, shardings)
+  state = sharding.abstract_arrays(abstract, shardings)
   weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
   batch = per_chip_batch * len(devices)
   # K: the merge instruction sampled most (keep_values[1], the mode of the tokenizer's
