@@ -172,8 +172,8 @@ def mergear_decode_targets(config, devices, per_chip_batch: int, caches=("merge"
       targets.append(Target(
           name, "decode", fn, args, mesh, rules, batch,
           lambda fn=fn, args=args: _flops_of(fn, mesh, rules, *args),
-          {"positions": model.num_positions, "keep": k, "slots": layout.num_slots,
-           "weight_bytes": weight_bytes, "cache_bytes": cache, "rows": rows, "steps": steps}))
+          {"positions": model.num_positions, "weight_bytes": weight_bytes,
+           "cache_bytes": cache, "steps": steps}))
   return targets
 
 
@@ -187,7 +187,7 @@ def _position_step(graphdef, model, layout, guidance: bool, rows: int, state, ke
   from mergevq_jax.models.ar import decode as md
   from mergevq_jax.models.ar import kv_cache
   m = model.config.model
-  batch_spec = NamedSharding(mesh, sharding.logical_to_spec(("batch",), None, rules, mesh))
+  batch_spec = batch_sharding(mesh, rules)
   replicated = NamedSharding(mesh, P())
   cache = jax.eval_shape(lambda: kv_cache.init_cache(
       layout, rows, m.num_layers, m.num_heads, m.width // m.num_heads, model.dtype,
