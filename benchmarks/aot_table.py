@@ -8,8 +8,9 @@ at per-chip batch 256 with the pruned and the full cache (no guidance).
   python benchmarks/aot_table.py --table              # print the table from what is done
 
 Each (config, topology) case is written to benchmarks/results/aot/<config>_<slice>.json
-as soon as it is compiled, so an interrupted run continues where it stopped (a G+R step
-takes minutes to compile on 2 cores). The tokenizer is compiled at its largest K (the
+as soon as it is compiled, and each compile of its batch search to <...>.search.json, so an
+interrupted run continues where it stopped (a G+R step takes 10-20 minutes to compile on
+2 cores). The tokenizer is compiled at its largest K (the
 memory bound) with the frozen LPIPS-VGG16 and DINOv2 teacher in the step. On v5p-128 the
 per-chip batch searched on v5p-32 is compiled directly (under fsdp the per-chip memory
 differs only by the state's shards).
@@ -52,11 +53,24 @@ def case_config(name: str):
   return config
 
 
+def _search_log(name: str, topology: str):
+  """(rows compiled by an interrupted search, callback that appends a row to its file)."""
+  path = case_path(name, topology).replace(".json", ".search.json")
+  rows = json.load(open(path)) if os.path.exists(path) else []
+
+  def save(row):
+    rows.append(row)
+    with open(path, "w") as f:
+      json.dump(rows, f, indent=1)
+  return list(rows), save
+
+
 def run_case(name: str, topology: str) -> dict:
   from mergevq_jax.aot.run import run
   config = case_config(name)
   functions = EXTRA.get(name, (None, ("train", "decode")))[1]
-  start, fixed = (4 if config.stage == "tokenizer" else 1), False
+  start = 4 if config.stage == "tokenizer" and not topology.startswith("v5e") else 1
+  fixed = False
   if topology == "v5p-128" and os.path.exists(case_path(name, "v5p-32")):
     with open(case_path(name, "v5p-32")) as f:
       start = json.load(f)["best_batch"] or 1
@@ -66,9 +80,10 @@ def run_case(name: str, topology: str) -> dict:
     out = run(config, topology, per_chip_batch=start, decode_batches=DECODE_BATCHES,
               keeps=_largest_k(config), guidance=(False,), functions=functions)
   else:
+    known, save = _search_log(name, topology)
     out = run(config, topology, find_max=True, decode_batches=DECODE_BATCHES,
               keeps=_largest_k(config), search_start=start, guidance=(False,),
-              functions=functions)
+              functions=functions, known_rows=known, on_row=save)
   train = [r for r in out["rows"] if r["function"].startswith("train")]
   out.update(config=name, seconds=round(time.time() - t0),
              best_batch=(train[0]["per_chip_batch"] if train and train[0]["fits"] else 0)

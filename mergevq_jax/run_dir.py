@@ -130,6 +130,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   history = read_history(workdir)
   for key, (_, new) in (history[-1].get("changes", {}) if history else {}).items():
     _set(stored, key, new)
+  return config_from_json(stored)
+
+
+def config_from_json(stored: dict) -> ml_collections.ConfigDict:
+  """A config read back from JSON (config.json of a run or of an export)."""
   return ml_collections.ConfigDict(_tuples(stored))
 
 

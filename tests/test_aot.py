@@ -187,6 +187,29 @@ def test_find_max_batch_search(monkeypatch, limit):
   assert best >= limit - max(1, limit // 8), seen   # within 12.5% of the true answer
 
 
+def test_find_max_batch_continues_an_interrupted_search(monkeypatch):
+  """Rows saved by on_row and passed back as `known` are not compiled again, and the
+  continued search ends where an uninterrupted one does."""
+  compiled, interrupted = [], []
+
+  def analyse(target, topology, b):
+    compiled.append(b)
+    if len(compiled) == 3 and not interrupted:
+      interrupted.append(b)
+      raise KeyboardInterrupt   # the host is stopped during the third compile
+    return {"per_chip_batch": b, "fits": b <= 45, "total_gib": 2 + 0.3 * b}
+  monkeypatch.setattr(report, "analyse", analyse)
+  topo, saved = chips.parse_topology("v5e:2x2"), []
+  with pytest.raises(KeyboardInterrupt):
+    report.find_max_batch(lambda b: None, topo, start=4, headroom=1.0, on_row=saved.append)
+  assert [r["per_chip_batch"] for r in saved] == compiled[:2] == [4, 16]
+  compiled.clear()
+  best, rows = report.find_max_batch(lambda b: None, topo, start=4, headroom=1.0,
+                                     known=saved)
+  assert 4 not in compiled and 16 not in compiled and best == 45, compiled
+  assert [r["per_chip_batch"] for r in rows][:2] == [4, 16]
+
+
 @needs_libtpu
 @pytest.mark.slow
 def test_find_max_batch_brackets_the_hbm_limit():

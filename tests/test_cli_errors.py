@@ -1,6 +1,7 @@
 """Every mistake a new user made on the command line ends in one `error:` line naming the
 flag, key or file (exit 2), never a traceback, and before any work is done."""
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -84,9 +85,9 @@ def tmp(tmp_path_factory):
   return files(tmp_path_factory.mktemp("cli"))
 
 
-def one_line_error(args):
+def one_line_error(args, env=None):
   out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env=env)
   lines = [line for line in out.stderr.strip().splitlines()
            if not line.startswith("W")]   # absl warnings (e.g. each skipped image) may stay
   assert out.returncode == 2, out.stderr[-2000:]
@@ -100,9 +101,14 @@ def test_one_line_error(tmp, name, make_args, message):
   assert message in one_line_error(make_args(tmp))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch installed")
 def test_missing_torch_names_the_pip_command(tmp):
-  line = one_line_error(CONVERT + ["--in", f"{tmp}/model.pth", "--out", f"{tmp}/o.npz"])
+  """PyTorch is in the test extra: its absence is simulated by a `torch` that cannot be
+  imported, first on the path."""
+  (tmp / "no_torch").mkdir(exist_ok=True)
+  (tmp / "no_torch" / "torch.py").write_text("raise ImportError(\"No module named 'torch'\")")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [str(tmp / "no_torch"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  line = one_line_error(CONVERT + ["--in", f"{tmp}/model.pth", "--out", f"{tmp}/o.npz"], env)
   assert "needs PyTorch: pip install torch==2.13.0" in line
 
 

@@ -145,16 +145,17 @@ def _decode_estimate(target: Target, topology: Topology, row: dict, roofline: fl
 
 
 def find_max_batch(make_target, topology: Topology, start: int = 1, limit: int = 4096,
-                   headroom: float = 0.97) -> tuple[int, list[dict]]:
+                   headroom: float = 0.97, known=(), on_row=None) -> tuple[int, list[dict]]:
   """The largest per-chip batch whose program fits in `headroom` x HBM, with few compiles
   (a G+R step takes minutes to compile). Per-chip memory is affine in the per-chip batch
   (state shards + activations), so: compile at `start` and 4 x start, predict the batch
   that fills the HBM from the line through them, compile it, and correct with the line
   through the newest points until the batch fits and the next step up would not (the
   prediction from a batch that fits says less than 12.5% more). make_target:
-  per_chip_batch -> Target. Returns (batch, every row compiled on the way); batch 0 when
-  `start` does not fit."""
-  rows: dict[int, dict] = {}
+  per_chip_batch -> Target. known: rows of an interrupted search to continue from (they are
+  not compiled again); on_row(row) is called after each compile, to save it. Returns (batch,
+  every row compiled on the way); batch 0 when `start` does not fit."""
+  rows: dict[int, dict] = {r["per_chip_batch"]: r for r in known}
   budget = headroom * topology.chip.hbm_gib
 
   def measure(b: int) -> dict:
@@ -162,12 +163,15 @@ def find_max_batch(make_target, topology: Topology, start: int = 1, limit: int =
       rows[b] = analyse(make_target(b), topology, b)
       print(f"  per-chip batch {b}: {rows[b]['total_gib']} GiB of {topology.chip.hbm_gib} "
             f"({'fits' if rows[b]['fits'] else 'does not fit'})", flush=True)
+      if on_row is not None:
+        on_row(rows[b])
     return rows[b]
 
   fits = lambda b: measure(b)["fits"] and measure(b)["total_gib"] <= budget
   if not fits(start):
     return 0, list(rows.values())
-  measure(min(4 * start, limit))
+  if len(rows) < 2:
+    measure(min(4 * start, limit))
   for _ in range(8):
     good = max(b for b in rows if fits(b))
     bad = min((b for b in rows if b > good and not fits(b)), default=None)

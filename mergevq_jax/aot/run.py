@@ -35,9 +35,10 @@ def for_tpu(config):
 def run(config, topology_name: str, per_chip_batch: int = 0, find_max: bool = False,
         keeps: tuple[int, ...] = (), frozen_nets: bool = True, decode_batches=(),
         decode_weights_dtype: str = "", functions=("train", "decode"), search_start: int = 1,
-        guidance=(False, True)) -> dict:
+        guidance=(False, True), known_rows=(), on_row=None) -> dict:
   """Compile and analyse; returns {'settings', 'rows', 'max_batch_rows'}. decode_batches:
-  per-chip decoding batches (default: the training per-chip batch)."""
+  per-chip decoding batches (default: the training per-chip batch). known_rows, on_row:
+  continue an interrupted batch search, save each of its rows (report.find_max_batch)."""
   from mergevq_jax import sharding
   from mergevq_jax.aot import chips, report, targets as tg
   from mergevq_jax.config import validate
@@ -74,7 +75,8 @@ def run(config, topology_name: str, per_chip_batch: int = 0, find_max: bool = Fa
           f"({topology.chip.hbm_gib} GiB HBM per chip)", flush=True)
     largest = (max(keeps),) if tokenizer else None
     batch, search_rows = report.find_max_batch(lambda b: train_targets(b, largest)[0],
-                                               topology, start=search_start)
+                                               topology, start=search_start,
+                                               known=known_rows, on_row=on_row)
     if not batch:
       print(f"not even per-chip batch {search_start} fits on {topology.slice_name}", flush=True)
   # the search compiled the largest K at the batch found: that row is not compiled again

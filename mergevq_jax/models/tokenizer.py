@@ -1,5 +1,6 @@
 """The MergeVQ tokenizer: encoder + LFQ + S^T Z recovery + decoder (+ alignment head,
-+ learned source recovery), its token geometry and its hyperparameter checks.
++ learned source recovery); its token geometry and hyperparameter checks are pure Python
+(`mergevq_jax.models.hparams`, shared with the PyTorch port) and re-exported here.
 
 Images are NHWC float in [-1, 1]. K (`num_keep`) is a static Python int: under jit,
 one compiled function per K (see `jit_method`). The module reads `config.model`,
@@ -20,56 +21,10 @@ from mergevq_jax.models import layers, lfq, tome
 from mergevq_jax.models.layers import compute_dtype
 from mergevq_jax.models.decoder import Decoder
 from mergevq_jax.models.encoder import Encoder
+# Geometry and checks are pure Python, shared with the PyTorch port; re-exported here.
+from mergevq_jax.models.hparams import (GROUPS, check_hparams, downsample_factor,  # noqa: F401
+                                        encoder_width, num_tokens)
 from mergevq_jax.models.recovery import SourceRecovery, SourceRecoveryOutput
-
-GROUPS = 32  # GroupNorm groups of every CNN stage
-
-
-def downsample_factor(m) -> int:
-  """Image side / token-grid side of model config `m`."""
-  return 2 ** (len(m.ch_mult) - 1) if m.encoder_type == "cnn" else m.patch_size
-
-
-def encoder_width(m) -> int:
-  """Width of the encoder's transformer tokens (the CNN's last level, or the ViT width)."""
-  return m.ch * m.ch_mult[-1] if m.encoder_type == "cnn" else m.width
-
-
-def num_tokens(m, image_size: int | None = None) -> int:
-  """L, the number of tokens before merging, at `image_size` (default model.image_size)."""
-  side = (image_size or m.image_size) // downsample_factor(m)
-  return side * side
-
-
-def check_hparams(config) -> None:
-  """ValueError naming the first model or quantizer hyperparameter that cannot work."""
-  m = config.model
-  compute_dtype(config.dtype)
-  if m.encoder_type not in ("cnn", "vit"):
-    raise ValueError(f"model.encoder_type must be 'cnn' or 'vit', got {m.encoder_type!r}")
-  f = downsample_factor(m)
-  if m.image_size % f:
-    raise ValueError(f"model.image_size={m.image_size} is not divisible by the downsampling "
-                     f"factor {f}")
-  for key, width, heads in (("num_heads", encoder_width(m), m.num_heads),
-                            ("decoder_num_heads", m.ch * m.ch_mult[-1], m.decoder_num_heads)):
-    if width % heads:
-      raise ValueError(f"model.{key}={heads} does not divide the width {width}")
-  bad = [w for w in [m.ch * k for k in m.ch_mult] + [encoder_width(m)] if w % GROUPS]
-  if bad:
-    raise ValueError(f"channel widths {bad} (model.ch * ch_mult, encoder width) are not "
-                     f"divisible by the {GROUPS} GroupNorm groups")
-  L = num_tokens(m)
-  for k in (m.num_keep,) + tuple(m.keep_candidates):
-    try:
-      tome.merge_schedule(m.num_layers, L, int(k))
-    except ValueError as e:
-      raise ValueError(f"model.num_keep / keep_candidates: {e}") from None
-  if m.align_head not in ("", "layer3", "layer2_ln"):
-    raise ValueError(f"model.align_head must be '', 'layer3' or 'layer2_ln', got {m.align_head!r}")
-  if config.quantizer.entropy_mode not in ("exact", "bit_groups"):
-    raise ValueError(f"quantizer.entropy_mode must be 'exact' or 'bit_groups', "
-                     f"got {config.quantizer.entropy_mode!r}")
 
 
 class EncodeOutput(NamedTuple):

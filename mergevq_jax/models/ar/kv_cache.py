@@ -23,44 +23,23 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mergevq_jax.models.ar import cache_layout
+# The slot layout is pure Python, shared with the PyTorch port; re-exported here.
+from mergevq_jax.models.ar.cache_layout import EMPTY, cache_bytes  # noqa: F401
 from mergevq_jax.sharding import constrain
 
-EMPTY = -(2 ** 30)   # position of a slot nothing was written to
 # Logical axes of the k/v buffers (the rules table maps them onto the mesh).
 CACHE_AXES = ("layers", "cache_batch", "cache_heads", "cache_slots", "head_dim")
 
 
-class CacheLayout(NamedTuple):
-  """Static description of the slots (hashable: a jit static argument)."""
-  prefix: int
-  length: int        # L code positions
-  mode: str          # 'merge' or 'causal'
-  keep_cap: int = 0  # K_cap ('merge')
-  window: int = 1    # W ('merge')
-
-  @classmethod
-  def make(cls, prefix: int, length: int, mode: str, keep_cap: int = 0, window: int = 1
-           ) -> "CacheLayout":
-    if mode == "causal":
-      return cls(prefix, length, mode)
-    if mode != "merge":
-      raise ValueError(f"cache mode must be 'merge' or 'causal', got {mode!r}")
-    if not 1 <= keep_cap <= length:
-      raise ValueError(f"K_cap must be in [1, L={length}], got {keep_cap}")
-    if window < 1:
-      raise ValueError(f"window W must be >= 1, got {window}")
-    return cls(prefix, length, mode, int(keep_cap), int(window))
-
-  @property
-  def num_slots(self) -> int:
-    if self.mode == "causal":
-      return self.prefix + self.length
-    return self.prefix + self.keep_cap + self.window
+class CacheLayout(cache_layout.CacheLayout):
+  """Static description of the slots (hashable: a jit static argument); `make`,
+  `num_slots` and `ring_start` are the pure-Python `cache_layout.CacheLayout`'s."""
+  __slots__ = ()
 
   def ring_slots(self) -> jax.Array:
     """(C,) bool: which slots belong to the ring."""
-    return jnp.arange(self.num_slots) >= self.num_slots - (self.window if self.mode == "merge"
-                                                           else 0)
+    return jnp.arange(self.num_slots) >= self.ring_start
 
 
 class CacheState(NamedTuple):
@@ -135,9 +114,3 @@ def write_kv_stacked(ks: jax.Array, vs: jax.Array, layer, slots: jax.Array, k: j
   """`write_kv` into layer `layer` (traced) of stacked (layers, B, H, C, Dh) caches."""
   batch = jnp.arange(slots.shape[0])
   return ks.at[layer, batch, :, slots].set(k), vs.at[layer, batch, :, slots].set(v)
-
-
-def cache_bytes(layout: CacheLayout, batch: int, num_layers: int, width: int, itemsize: int
-                ) -> int:
-  """Bytes of the K and V buffers."""
-  return 2 * num_layers * batch * layout.num_slots * width * itemsize

@@ -24,43 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mergevq_jax.models.ar import hparams
 from mergevq_jax.models.ar.blocks import LayerParams, block_forward, rms_norm, rope_angles, split_codes
+# Checks and geometry are pure Python, shared with the PyTorch port; re-exported here.
+from mergevq_jax.models.ar.hparams import (ATTENTION_KINDS, PREFIX, check_hparams,  # noqa: F401
+                                           num_positions)
 from mergevq_jax.models.ar.merge_mask import sequence_mask
 from mergevq_jax.models.layers import compute_dtype
 from mergevq_jax.sharding import axes
-
-PREFIX = 2  # class token, merge-instruction token
-ATTENTION_KINDS = ("merge", "causal")
-
-
-def num_positions(m) -> int:
-  """L, the code positions of model config `m` (rows x cols of the code grid)."""
-  return int(m.grid[0]) * int(m.grid[1])
-
-
-def check_hparams(config) -> None:
-  """ValueError naming the first model hyperparameter that cannot work."""
-  compute_dtype(config.dtype)
-  m = config.model
-  if m.width % m.num_heads:
-    raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
-  if (m.width // m.num_heads) % 4:
-    raise ValueError(f"head dim {m.width // m.num_heads} must be a multiple of 4 for 2D RoPE "
-                     f"(model.width / model.num_heads)")
-  if sum(m.sub_code_bits) != m.code_bits or min(m.sub_code_bits) < 1:
-    raise ValueError(f"model.sub_code_bits={tuple(m.sub_code_bits)} must be positive and sum "
-                     f"to model.code_bits={m.code_bits}")
-  if m.attention not in ATTENTION_KINDS:
-    raise ValueError(f"model.attention must be one of {ATTENTION_KINDS}, got {m.attention!r}")
-  if m.window < 1:
-    raise ValueError(f"model.window must be >= 1, got {m.window}")
-  L = num_positions(m)
-  if not m.keep_values or any(not 1 <= k <= L for k in m.keep_values):
-    raise ValueError(f"model.keep_values={tuple(m.keep_values)} must be non-empty and within "
-                     f"[1, L={L}]")
-  if m.num_classes < 1:
-    raise ValueError(f"model.num_classes must be >= 1, got {m.num_classes}")
-
 
 def _param(value, *names):
   return nnx.Param(value, **axes(*names))
@@ -109,10 +80,7 @@ class MergeAR(nnx.Module):
 
   def keep_index(self, num_keep) -> int:
     """Index of merge instruction K; ValueError if the model was not trained with it."""
-    if int(num_keep) not in self.keep_values:
-      raise ValueError(f"K={num_keep} is not a merge instruction this model knows "
-                       f"(model.keep_values={self.keep_values})")
-    return self.keep_values.index(int(num_keep))
+    return hparams.keep_index(self.keep_values, num_keep)
 
   def layer_params(self) -> LayerParams:
     return LayerParams(**{k: v[...] for k, v in self.layers.items()})

@@ -12,7 +12,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+# The host-side value check is pure Python, shared with the PyTorch port.
+from mergevq_jax.models.ar.hparams import check_sampling
 
 
 class SamplingParams(NamedTuple):
@@ -26,18 +28,6 @@ class SamplingParams(NamedTuple):
     check_sampling(temperature, top_k, top_p, cfg_scale)
     return cls(jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
                jnp.asarray(top_p, jnp.float32), jnp.asarray(cfg_scale, jnp.float32))
-
-
-def check_sampling(temperature, top_k, top_p, cfg_scale) -> None:
-  """ValueError for values that cannot work (host-side, concrete values)."""
-  if not np.isfinite(temperature) or temperature < 0:
-    raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
-  if int(top_k) != top_k or top_k < 0:
-    raise ValueError(f"top_k must be a non-negative integer (0 = off), got {top_k}")
-  if not 0 < top_p <= 1:
-    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  if not np.isfinite(cfg_scale) or cfg_scale < 0:
-    raise ValueError(f"CFG scale must be finite and >= 0, got {cfg_scale}")
 
 
 def guide(logits: jax.Array, scale: jax.Array) -> jax.Array:
