@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import ROOT, load_config
 from mergevq_jax import checkpoint, pretrained
@@ -195,3 +196,69 @@ def test_cli_one_line_errors(tmp_path):
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert r.returncode == 2 and r.stderr.strip().startswith("error: ")
   assert "not a mergevq_jax run directory" in r.stderr and "Traceback" not in r.stderr
+
+
+NO_JAX_LOAD = r"""
+import importlib.abc, json, sys
+BLOCKED = ("jax", "jaxlib", "flax", "ml_collections", "orbax", "optax")
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+import torch
+from mergevq_jax.export.torch_modules import MergeAR, MergeVQTokenizer
+tok_dir, ar_dir = sys.argv[1:3]
+tok = MergeVQTokenizer.from_pretrained(tok_dir)
+torch.manual_seed(0)
+x = torch.rand(2, 3, 64, 64) * 2 - 1
+with torch.no_grad():
+  rec, enc = tok.reconstruct(x, 36)
+ar = MergeAR.from_pretrained(ar_dir)
+codes, stats = ar.generate([0, 1], 36, temperature=0.0)
+print(json.dumps({"rec": rec.numpy().tolist(), "indices": enc.indices.tolist(),
+                  "codes": list(codes.shape), "step": tok.export_info["step"]}))
+"""
+
+
+def test_from_pretrained_without_jax_equals_jax(tok_run, tmp_path):
+  """The PyTorch user's path: export directories -> from_pretrained in a process where JAX,
+  flax, ml_collections and orbax cannot be imported -> the JAX model's reconstruction."""
+  from mergevq_jax.models.tokenizer import jit_method
+  workdir, _ = tok_run
+  tok_dir, ar_dir = str(tmp_path / "tok"), str(tmp_path / "ar")
+  export_run(workdir, tok_dir, max_shard_bytes=2_000_000)    # sharded: the index is read
+  ar_run = str(tmp_path / "ar_run")
+  _save_run(ar_run, load_config("mergear_tiny"))
+  export_run(ar_run, ar_dir)
+  proc = subprocess.run([sys.executable, "-c", NO_JAX_LOAD, tok_dir, ar_dir], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  model, _, _ = pretrained.load_tokenizer(workdir)
+  graphdef, params = nnx.split(model)
+  import torch
+  torch.manual_seed(0)   # the images the subprocess drew
+  images = (torch.rand(2, 3, 64, 64) * 2 - 1).permute(0, 2, 3, 1).numpy()
+  rec, enc = jit_method(graphdef, "reconstruct")(params, jnp.asarray(images), num_keep=36)
+  assert np.abs(np.asarray(rec) - np.transpose(np.array(out["rec"]), (0, 2, 3, 1))).max() < 1e-4
+  assert np.mean(np.asarray(enc.indices) == np.array(out["indices"])) >= 0.999
+  assert out["codes"] == [2, 64] and out["step"] == 7
+
+
+def test_from_pretrained_checks_the_stage_and_every_tensor(tok_run, tmp_path):
+  from mergevq_jax.export.torch_modules import MergeAR, MergeVQTokenizer
+  workdir, _ = tok_run
+  out = str(tmp_path / "tok")
+  export_run(workdir, out)
+  with pytest.raises(ValueError, match="holds a tokenizer .MergeVQTokenizer., not a mergear"):
+    MergeAR.from_pretrained(out)
+  tensors = export_dir.read_tensors(out)
+  name = sorted(tensors)[0]
+  tensors[name] = tensors[name][..., :1]
+  tensors.pop(sorted(tensors)[1])
+  info = export_dir.read_info(out)
+  export_dir.write(out, tensors, {k: v for k, v in info.items() if k != "format"})
+  with pytest.raises(ValueError, match="2 tensor.s. do not match") as e:
+    MergeVQTokenizer.from_pretrained(out)
+  assert f"wrong shape: {name}" in str(e.value) and "missing: " in str(e.value)
