@@ -65,7 +65,7 @@ def case_config(name: str):
   return config
 
 
-CASES = [("G+R", 36), ("G+R", 16), ("G", 36), ("G", 25), ("R", 36), ("R", 20)]
+CASES = [("G+R", 36), ("G+R", 16), ("G", 25), ("R", 20)]   # every variant, K = L/2 .. L/4
 
 
 def fan_in(name: str, shape) -> int:
