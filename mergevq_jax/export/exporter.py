@@ -60,7 +60,7 @@ def export_run(workdir: str, out: str, weights: str = "", layout: str = "native"
   """Export the latest checkpoint of `workdir` into `out`; returns config.json's contents
   plus 'files' {name: bytes} and 'seconds'."""
   t0 = time.time()
-  config, step = check_run(workdir, weights, layout)
+  config, _ = check_run(workdir, weights, layout)   # everything checked before any weights
   if not files.is_local(out):
     raise ValueError(f"--out={out}: write the export to a local directory (copy it to "
                      f"gs:// afterwards if needed)")
