@@ -40,7 +40,6 @@ def _state_module(stage: str):
 def import_export(path: str, workdir: str) -> dict:
   """Write run directory `workdir` (new, or without checkpoints) from export `path`.
   Returns {'stage', 'step' (of the exported run), 'workdir', 'seconds'}."""
-  from flax import nnx
   from mergevq_jax import sharding
   from mergevq_jax.export import native
   t0 = time.time()
@@ -56,7 +55,7 @@ def import_export(path: str, workdir: str) -> dict:
   with run_dir.RunLock(workdir):
     mesh = sharding.make_mesh((-1, 1, 1))
     state, _ = states.create_state(config, mesh, sharding.DEFAULT_RULES)
-    params = native.replace_params(nnx.State(state.params), tensors, path)
+    params = native.replace_params(state.params, tensors, path)
     ema = params if stage == "tokenizer" or config.train.ema_decay > 0 else state.ema
     state = state._replace(params=params, ema=ema)
     run_dir.save_config(workdir, config)
