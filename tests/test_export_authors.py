@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 yaml = pytest.importorskip("yaml")
 
 import authors_reference as ref  # noqa: E402  (needs torch)
-from conftest import load_config  # noqa: E402
+from conftest import load_config, random_tokenizer_params  # noqa: E402
 from mergevq_jax.export import authors, native  # noqa: E402
 from mergevq_jax.models import tome  # noqa: E402
 from mergevq_jax.models.tokenizer import Tokenizer, jit_method  # noqa: E402
@@ -46,40 +46,12 @@ def small_gr_config():
   return c
 
 
-def random_params(model) -> dict[str, np.ndarray]:
-  """Every parameter random and O(1)-scaled: no zero / one / 1e-5 init hides a mistake."""
-  rng = np.random.default_rng(0)
-  out = {}
-  for name, shape in native.expected_shapes(model).items():
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf == "scale":
-      v = 1.0 + 0.2 * rng.standard_normal(shape)
-    elif leaf == "bias":
-      v = 0.1 * rng.standard_normal(shape)
-    elif leaf == "gamma" and len(shape) == 1:   # LayerScale
-      v = 0.3 + 0.1 * rng.standard_normal(shape)
-    elif leaf == "kernel":
-      if len(shape) == 4:
-        fan_in = shape[0] * shape[1] * shape[2]          # HWIO (depthwise: I = 1)
-      elif name.endswith(("qkv.kernel", ".q.kernel", ".kv.kernel")):
-        fan_in = shape[0]                                # (D, n, H, Dh)
-      elif name.endswith("out.kernel") and len(shape) == 3:
-        fan_in = shape[0] * shape[1]                     # (H, Dh, D)
-      else:
-        fan_in = shape[0]                                # dense (in, out)
-      v = rng.standard_normal(shape) / math.sqrt(fan_in)
-    else:                                                # cls token, recovery queries
-      v = rng.standard_normal(shape)
-    out[name] = v.astype(np.float32)
-  return out
-
-
 @pytest.fixture(scope="module")
 def gr():
   """(config, random native params, JAX model holding them)."""
   config = small_gr_config()
   model = nnx.eval_shape(lambda: Tokenizer(config, rngs=nnx.Rngs(0)))
-  params = random_params(model)
+  params = random_tokenizer_params(model)
   native.load_params(model, params)
   return config, params, model
 
@@ -163,7 +135,7 @@ def test_r_shaped_encoder_and_layer2_ln_head_match_the_authors():
   assert (args["isotropic"], args["num_heads"], args["head_dim"], args["dist_head"]) == \
       (96, 4, 16, True)
   model = nnx.eval_shape(lambda: Tokenizer(config, rngs=nnx.Rngs(0)))
-  params = random_params(model)
+  params = random_tokenizer_params(model)
   native.load_params(model, params)
   check_parity(config, params, model)
 

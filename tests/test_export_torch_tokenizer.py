@@ -16,7 +16,6 @@ Run with -s to see the measured differences and tie counts.
 """
 import functools
 import json
-import math
 import subprocess
 import sys
 
@@ -32,7 +31,7 @@ from mergevq_jax.export import native
 from mergevq_jax.export.torch_modules.tokenizer import MergeVQTokenizer
 from mergevq_jax.models.tokenizer import Tokenizer
 
-from conftest import ROOT
+from conftest import ROOT, random_tokenizer_params
 
 RECON_TOL = 1e-4
 TIE_TOL = 2e-5      # |z| below this counts as a tie at zero (LFQ's sign is then float noise)
@@ -68,37 +67,6 @@ def case_config(name: str):
 CASES = [("G+R", 36), ("G+R", 16), ("G", 25), ("R", 20)]   # every variant, K = L/2 .. L/4
 
 
-def fan_in(name: str, shape) -> int:
-  if name.endswith("attn.out.kernel"):                  # (heads, head_dim, D)
-    return shape[0] * shape[1]
-  if len(shape) == 2 or name.split(".")[-2] in ("qkv", "q", "kv"):   # (in, out), (D, n, H, C)
-    return shape[0]
-  return shape[0] * shape[1] * shape[2]                 # conv HWIO, depthwise (k, k, 1, C)
-
-
-def random_params(abstract, seed: int = 0) -> dict[str, np.ndarray]:
-  """Every parameter random: kernels N(0, 1/fan_in) (unit-gain layers, so that attention
-  and the merge choices are not near-uniform), biases N(0, 0.1), norm scales 1 + N(0, 0.1),
-  LayerScale gammas N(0, 0.3) (initialised to 1e-5: the blocks would be identities), [CLS]
-  and recovery queries N(0, 0.5) (initialised to ~1e-6). {native name: float32 array}."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for name, shape in sorted(native.expected_shapes(abstract).items()):
-    last = name.rsplit(".", 1)[-1]
-    if last == "kernel":
-      value = rng.normal(0.0, 1.0 / math.sqrt(fan_in(name, shape)), shape)
-    elif last == "bias":
-      value = rng.normal(0.0, 0.1, shape)
-    elif last == "scale":
-      value = 1.0 + rng.normal(0.0, 0.1, shape)
-    elif last == "gamma":
-      value = rng.normal(0.0, 0.3, shape)
-    else:                       # encoder.cls_token, recovery.queries
-      value = rng.normal(0.0, 0.5, shape)
-    out[name] = value.astype(np.float32)
-  return out
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
   """Two cores shared with other work: torch's thread pool only adds contention here."""
@@ -114,7 +82,7 @@ def models(name: str):
   built abstractly and filled (an eager init compiles every initializer)."""
   config = case_config(name)
   abstract = nnx.eval_shape(lambda: Tokenizer(config, rngs=nnx.Rngs(0)))
-  jm = native.load_params(abstract, random_params(abstract))
+  jm = native.load_params(abstract, random_tokenizer_params(abstract))
   tm = MergeVQTokenizer(json.loads(json.dumps(config.to_dict())))   # as read from config.json
   tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in native.flat_params(jm).items()},
                      strict=True)
