@@ -167,7 +167,13 @@ class _NumpyUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     if (module, name) in self._ALLOWED:
-      return getattr(np, name) if module == "numpy" else np.core.multiarray._reconstruct
+      if module == "numpy":
+        return getattr(np, name)
+      try:
+        from numpy._core.multiarray import _reconstruct   # numpy >= 2
+      except ImportError:
+        from numpy.core.multiarray import _reconstruct
+      return _reconstruct
     raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
