@@ -67,6 +67,32 @@ def test_tokenizer_eval_is_the_same_on_4_devices_and_in_other_batches(tok_run, t
   assert "| 25 (recovered S) |" in out.stdout
 
 
+@needs_weights
+def test_reference_stats_cli_feeds_the_evaluation(tok_run, tmp_path):
+  """Reference statistics of the 6 eval images, written by the command, give the rFID the
+  job computes from those real images itself; a reference of another network is refused."""
+  ref = tmp_path / "ref.npz"
+  out = subprocess.run([sys.executable, "-m", "mergevq_jax.eval.reference_stats",
+                        f"--out={ref}", "--source=samples", "--split=eval", "--image_size=64",
+                        "--num_images=6", "--batch_size=3"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "wrote" in out.stdout and "6 eval views (64 px centre crops) of samples split 'eval'" \
+      in out.stdout
+  opts = jobs.Options(num_keep=(25,), num_images=6, batch_size=3, lpips="", progress=False)
+  own = jobs.evaluate_tokenizer(tok_run, str(tmp_path / "own"), opts)
+  opts.reference = str(ref)
+  given = jobs.evaluate_tokenizer(tok_run, str(tmp_path / "given"), opts)
+  assert given["reference"] == str(ref) and "lpips" not in given["per_k"]["25"]
+  assert given["per_k"]["25"]["rfid"] == pytest.approx(own["per_k"]["25"]["rfid"], rel=1e-6)
+  data = dict(np.load(ref))
+  data["network"] = np.str_("0123456789abcdef")
+  np.savez(tmp_path / "other.npz", **data)
+  opts.reference = str(tmp_path / "other.npz")
+  with pytest.raises(ValueError, match="other.npz: computed with feature network 0123"):
+    jobs.evaluate_tokenizer(tok_run, str(tmp_path / "other"), opts)
+
+
 class _StubNets:
   """Stands in for FeatureNets: a fixed random projection of the pixels as 'pool3' and of
   pool3 as 'logits' (no weights; the streaming and sharding logic is what is tested)."""

@@ -15,25 +15,6 @@ from mergevq_jax.eval.inception_score import InceptionScore
 from mergevq_jax.progress import Progress
 
 
-def real_stats(nets, source, image_size: int, num_images: int, batch: int,
-               progress: bool = True) -> fid.FeatureStats:
-  """Inception statistics of the first `num_images` (0: all) eval views of `source`,
-  summed over processes."""
-  n = len(source) if num_images <= 0 else min(num_images, len(source))
-  stats = fid.FeatureStats(fid.FEATURE_DIM)
-  mine = batches.process_slice(n)
-  bar = Progress(len(mine), unit="image", label="reference") if progress else None
-  for images, k, _ in batches.eval_view_batches(source, mine, image_size, batch):
-    stats.update(batches.local_rows(nets.features(batches.to_global(images, nets.mesh))[
-        "pool3"])[:k])
-    if bar is not None:
-      bar.update(k)
-  if bar is not None:
-    bar.close()
-  return fid.FeatureStats.from_arrays(batches.sum_across_processes(stats.as_arrays()),
-                                      stats.dim)
-
-
 def evaluate_samples(generator, decode, nets, key, *, num_samples: int, num_classes: int,
                      num_keep: int, batch: int, reference: tuple[np.ndarray, np.ndarray],
                      is_splits: int = 10, keep_grid: int = 0, progress: bool = True,

@@ -14,6 +14,7 @@ from flax import nnx
 
 from mergevq_jax import files, pretrained, sharding
 from mergevq_jax.eval import batches, fid, generated
+from mergevq_jax.eval.image_stats import image_stats
 from mergevq_jax.eval.feature_nets import AUTO, FeatureNets
 from mergevq_jax.eval.reconstruction import ReconstructionEval, reconstruct_fn
 from mergevq_jax.images import image_grid, save_png, to_uint8
@@ -174,7 +175,7 @@ def evaluate_mergear(ar_workdir: str, out_dir: str, opts: Options,
   t0 = time.time()
   if reference is None:
     source, split = _data_source(tok_config, opts, train=True)
-    stats = generated.real_stats(nets, source, tok_config.model.image_size, opts.num_images,
+    stats = image_stats(nets, source, tok_config.model.image_size, opts.num_images,
                                  batches.local_batch_size(mesh, opts.batch_size),
                                  progress=opts.progress)
     ref = stats.mean_cov(what="reference images")
