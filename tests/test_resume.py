@@ -10,6 +10,7 @@ import pytest
 
 from mergevq_jax import sharding
 from mergevq_jax.checkpoint import Checkpointer
+from mergevq_jax.nets import packaged
 from mergevq_jax.train.tokenizer_state import abstract_state
 from mergevq_jax.train.tokenizer_trainer import train
 
@@ -23,6 +24,9 @@ def run_config():
   cfg.model.keep_candidates, cfg.model.keep_probs = (36, 49), (0.5, 0.5)
   cfg.loss.disc_start = 1  # the adversarial terms, the LeCAM EMA and D all take part
   cfg.data.eval_images = 2
+  if packaged.find("inception") and packaged.find("lpips"):
+    cfg.eval.num_images = 3        # the held-out rFID / LPIPS evaluation at the end
+    cfg.eval.batch_size = 3
   return cfg
 
 
@@ -58,6 +62,15 @@ def test_restart_equals_uninterrupted(tmp_path):
   # TensorBoard event files with the training scalars (tensorboardX is a dependency)
   events = list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
   assert events and b"train/g_total" in events[0].read_bytes()
+  if cfg.eval.num_images:   # held-out evaluation: summary, metrics.jsonl and TensorBoard
+    held = straight["heldout"]
+    assert held["num_images"] == 3 and "biased" in held["note"]
+    for name in ("rfid_k36", "psnr_k36", "ssim_k36", "lpips_k36"):
+      assert np.isfinite(held[name]), name
+    records = [json.loads(line) for line in
+               (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/heldout_rfid_k36" in r] == [2 * N]
+    assert b"eval/heldout_lpips_k36" in events[0].read_bytes()
   # A resume that cannot work touches nothing: another architecture is refused by key
   # before anything is built; a mistyped data path fails at the data check.
   split = tmp_path / "split"

@@ -111,6 +111,16 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   t.ckpt_every = 5000
   t.keep_ckpts = 3
 
+  # Held-out evaluation at the end of training and every eval.every steps, on the EMA
+  # weights: rFID / PSNR / SSIM / LPIPS per K over the first num_images eval views, logged
+  # as eval/heldout_* and in summary.json; the networks are loaded once. 0 turns it off.
+  e = c.eval = ml_collections.ConfigDict()
+  e.num_images = 0
+  e.every = 0                  # steps between held-out evaluations (0: only at the end)
+  e.inception = "auto"         # FID Inception weights ('auto': the eval extra's; '': no rFID)
+  e.lpips = "auto"             # LPIPS weights ('auto': the eval extra's; '': no LPIPS)
+  e.batch_size = 8             # images per device per batch
+
   lo = c.loss = ml_collections.ConfigDict()
   lo.pixel = "l1"              # 'l1' (reference code) or 'l2' (paper)
   lo.pixel_weight = 1.0
@@ -140,6 +150,8 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   s2.mergear_config = ""       # path of a configs/mergear_*.py file; '' = tokenizer only
   s2.views = 1                 # tokenized views per image (center crop, then random crops)
   s2.steps = 0                 # overrides the MergeAR config's train.steps when > 0
+  s2.gfid_samples = 0          # then gFID of this many samples against the eval views of
+                               # the training images (eval.inception's weights); 0: off
   return c
 
 
@@ -148,7 +160,8 @@ def validate_config(config) -> None:
   validate_common(config, tokenizer_defaults(), SCHEMA)
   check_at_least(config, 1, ("train.accum_steps", "train.eval_every", "data.eval_images",
                              "stage2.views"))
-  check_at_least(config, 0, ("data.num_workers", "loss.disc_start", "stage2.steps"))
+  check_at_least(config, 0, ("data.num_workers", "loss.disc_start", "stage2.steps",
+                             "stage2.gfid_samples", "eval.num_images"))
   check_hparams(config)
   m = config.model
   if len(m.keep_probs) != len(m.keep_candidates):

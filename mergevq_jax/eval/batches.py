@@ -31,6 +31,13 @@ def local_batch_size(mesh: Mesh, per_device: int) -> int:
   return per_device * max(1, dp // jax.process_count())
 
 
+def fit_batch(batch: int, n: int, mesh: Mesh) -> int:
+  """`batch` (a multiple of this process's share of devices) shrunk to the smallest such
+  multiple that holds n images: a short evaluation computes no padding it does not need."""
+  unit = local_batch_size(mesh, 1)
+  return min(batch, max(unit, -(-n // unit) * unit))
+
+
 def pad_batch(images: np.ndarray, size: int) -> tuple[np.ndarray, int]:
   """(images padded to `size` rows by repeating the last, number of real rows)."""
   n = images.shape[0]

@@ -29,6 +29,7 @@ def evaluate_samples(generator, decode, nets, key, *, num_samples: int, num_clas
   stats = fid.FeatureStats(fid.FEATURE_DIM)
   score = InceptionScore(num_samples, is_splits) if nets.has_logits else None
   mine = list(batches.process_slice(num_samples))
+  batch = batches.fit_batch(batch, len(mine), nets.mesh)
   shown = []
   bar = Progress(len(mine), unit="sample", label="generate") if progress else None
   t_gen = t_feat = 0.0

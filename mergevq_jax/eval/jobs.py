@@ -9,16 +9,14 @@ import dataclasses
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 from mergevq_jax import files, pretrained, sharding
 from mergevq_jax.eval import batches, fid, generated
 from mergevq_jax.eval.image_stats import image_stats
 from mergevq_jax.eval.feature_nets import AUTO, FeatureNets
-from mergevq_jax.eval.reconstruction import ReconstructionEval, reconstruct_fn
+from mergevq_jax.eval.reconstruction import evaluate_set, reconstruct_fn
 from mergevq_jax.images import image_grid, save_png, to_uint8
-from mergevq_jax.progress import Progress
 
 
 @dataclasses.dataclass
@@ -93,33 +91,21 @@ def evaluate_tokenizer(workdir: str, out_dir: str, opts: Options) -> dict:
   reference = _reference(opts, nets)
   with_recovered = tokenizer.recovery is not None
   sources_ = ("gt", "recovered") if with_recovered else ("gt",)
-  acc = ReconstructionEval(nets, keeps, int(m.z_channels), sources_, reference)
   graphdef, params = nnx.split(tokenizer)
-  recon = reconstruct_fn(graphdef, with_recovered)
-  batch = batches.local_batch_size(mesh, opts.batch_size)
-  mine = batches.process_slice(n)
-  shown = None
-  bar = Progress(len(mine), unit="image", label="evaluate") if opts.progress else None
+  shown = {}
+
+  def picture(images, recons):
+    shown["original"] = images[:opts.grid_images]
+    shown.update({key: v[:opts.grid_images] for key, v in recons.items()})
+
   t0 = time.time()
   with sharding.use_mesh(mesh):
-    for images, real, _ in batches.eval_view_batches(source, mine, m.image_size, batch):
-      x = batches.to_global(images, mesh)
-      acc.add_real(x, real)
-      first = shown is None
-      if first:
-        shown = {"original": images[:min(real, opts.grid_images)]}
-      for k in keeps:
-        outs, indices, extras = recon(params, x, num_keep=k)
-        acc.add(k, outs, indices, x, real, extras)
-        if first:
-          for s, v in outs.items():
-            shown[(k, s)] = batches.local_rows(v)[:len(shown["original"])]
-      if bar is not None:
-        bar.update(real)
-  if bar is not None:
-    bar.close()
-  per_k = acc.result()
-  if jax.process_index() == 0 and shown is not None:
+    per_k = evaluate_set(
+        reconstruct_fn(graphdef, with_recovered), params, nets, source, n, keeps,
+        image_size=int(m.image_size), batch=batches.local_batch_size(mesh, opts.batch_size),
+        code_bits=int(m.z_channels), sources=sources_, reference=reference,
+        on_first_batch=picture, progress=opts.progress)
+  if jax.process_index() == 0 and shown:
     labels = ["original"] + [f"K={k}" + ("" if s == "gt" else " rec. S")
                              for k in keeps for s in sources_]
     rows = [to_uint8(shown["original"])] + [to_uint8(shown[(k, s)])

@@ -18,6 +18,7 @@ from flax import nnx
 
 from mergevq_jax.eval import batches, codebook, fid
 from mergevq_jax.eval.metrics import psnr
+from mergevq_jax.progress import Progress
 
 
 def evaluate(recon_fn, params, images, eval_keeps) -> dict:
@@ -127,3 +128,34 @@ class ReconstructionEval:
           row[s] = vals
       out[k] = row
     return out
+
+
+def evaluate_set(recon, params, nets, source, num_images: int, keeps, *, image_size: int,
+                 batch: int, code_bits: int, sources=("gt",), reference=None,
+                 on_first_batch=None, progress: bool = False) -> dict:
+  """Stream the first `num_images` eval views of `source` (split over processes, batches
+  of `batch` per process on nets.mesh) through `recon` (`reconstruct_fn`) at every K;
+  returns `ReconstructionEval.result()`. on_first_batch(images, {(K, source): recon})
+  gets this process's first batch (real rows only), e.g. for a picture."""
+  acc = ReconstructionEval(nets, keeps, code_bits, sources, reference)
+  mine = batches.process_slice(num_images)
+  batch = batches.fit_batch(batch, len(mine), nets.mesh)
+  bar = Progress(len(mine), unit="image", label="evaluate") if progress else None
+  first = True
+  for images, real, _ in batches.eval_view_batches(source, mine, image_size, batch):
+    x = batches.to_global(images, nets.mesh)
+    acc.add_real(x, real)
+    shown = {}
+    for k in keeps:
+      outs, indices, extras = recon(params, x, num_keep=k)
+      acc.add(k, outs, indices, x, real, extras)
+      if first and on_first_batch is not None:
+        shown.update({(k, s): batches.local_rows(v)[:real] for s, v in outs.items()})
+    if first and on_first_batch is not None:
+      on_first_batch(images[:real], shown)
+    first = False
+    if bar is not None:
+      bar.update(real)
+  if bar is not None:
+    bar.close()
+  return acc.result()

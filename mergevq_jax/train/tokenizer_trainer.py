@@ -10,6 +10,7 @@ start and end) a fixed batch is reconstructed at the smallest K and at model.num
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -17,9 +18,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mergevq_jax import host_memory, sharding
+from mergevq_jax.eval import batches
 from mergevq_jax.checkpoint import TOKENIZER_LAYOUT
 from mergevq_jax.config.tokenizer import validate_config
-from mergevq_jax.eval.reconstruction import evaluate
+from mergevq_jax.eval.reconstruction import evaluate, evaluate_set, reconstruct_fn
+from mergevq_jax.nets import packaged
+from mergevq_jax.nets.vgg_lpips import PACKAGED as PACKAGED_LPIPS
 from mergevq_jax.images import image_grid, to_uint8
 from mergevq_jax.train import loop
 from mergevq_jax.train.tokenizer_state import abstract_state, create_state, graphs as make_graphs
@@ -37,8 +41,18 @@ def check_train_config(config, mesh) -> None:
                      f"must be a whole multiple of the {dp} data-parallel devices")
   for key in ("lpips_path", "teacher_path"):
     path = lo[key]
-    if path and not os.path.isfile(path):
+    if key == "lpips_path" and path == PACKAGED_LPIPS:
+      packaged.require("lpips", "set loss.lpips_path to a weight file, or '' to switch off")
+    elif path and not os.path.isfile(path):
       raise ValueError(f"loss.{key}={path!r}: file not found (set it to '' to switch off)")
+  e = config.eval
+  if e.num_images < 0 or e.batch_size < 1:
+    raise ValueError(f"eval.num_images must be >= 0 and eval.batch_size >= 1, got "
+                     f"{e.num_images}, {e.batch_size}")
+  for key in ("inception", "lpips"):
+    if e.num_images and e[key] not in ("", "auto", PACKAGED_LPIPS) and not os.path.isfile(e[key]):
+      raise ValueError(f"eval.{key}={e[key]!r}: file not found ('auto': the installed eval "
+                       f"extra's weights; '': off)")
   if lo.pixel not in ("l1", "l2"):
     raise ValueError(f"loss.pixel must be 'l1' or 'l2', got {lo.pixel!r}")
 
@@ -104,6 +118,38 @@ class TokenizerStage(loop.Stage):
     self.keeps_used: set[int] = set()
     self.num_keep = None
     self.first_eval = self.last_eval = None
+    self.heldout, self.last_heldout = None, {}
+    if config.eval.num_images:
+      self.heldout = self._heldout_setup(config)
+
+  def _heldout_setup(self, config):
+    """The held-out evaluation's networks (loaded once), images and jitted reconstruction."""
+    from mergevq_jax.data.sources import source_from_config
+    from mergevq_jax.eval.feature_nets import FeatureNets
+    nets = FeatureNets(self.mesh, inception=config.eval.inception, lpips=config.eval.lpips)
+    source = source_from_config(config, train=False)
+    recovered = bool(config.model.recovery.enabled)
+    return {"nets": nets, "source": source, "num_images": min(config.eval.num_images,
+                                                              len(source)),
+            "recon": reconstruct_fn(self.graphs.tokenizer, recovered),
+            "sources": ("gt", "recovered") if recovered else ("gt",)}
+
+  def run_heldout(self, state) -> dict:
+    """rFID / PSNR / SSIM / LPIPS per K (EMA weights) on the held-out images."""
+    h, m = self.heldout, self.config.model
+    per_k = evaluate_set(
+        h["recon"], state.ema, h["nets"], h["source"], h["num_images"], self.eval_keeps,
+        image_size=int(m.image_size),
+        batch=batches.local_batch_size(self.mesh, self.config.eval.batch_size),
+        code_bits=int(m.z_channels), sources=h["sources"])
+    out = {}
+    for k, row in per_k.items():
+      for name in ("rfid", "psnr", "ssim", "lpips"):
+        if name in row:
+          out[f"heldout_{name}_k{k}"] = row[name]
+        if name in row.get("recovered", {}):
+          out[f"heldout_recovered_{name}_k{k}"] = row["recovered"][name]
+    return out
 
   def create_state(self):
     return create_state(self.config, self.mesh, self.rules)
@@ -138,13 +184,19 @@ class TokenizerStage(loop.Stage):
     return dict(loss=f"{metrics['g_total']:.3f}", psnr=f"{metrics['psnr']:.2f}",
                 K=self.num_keep)
 
-  def run_eval(self, state, step, logger):
+  def run_eval(self, state, step, logger, final: bool = False):
     keeps, images = self.eval_keeps, self.eval_images
+    every = self.config.eval.every
+    heldout_now = self.heldout is not None and (final or (every and step % every == 0))
     with sharding.use_mesh(self.mesh, self.rules):
       res = evaluate(self.recon_fn, state.params, images, keeps)
       ema = evaluate(self.recon_fn, state.ema, images, keeps[-1:])
+      heldout = self.run_heldout(state) if heldout_now else {}
     scalars = {k: v for k, v in res.items() if k != "recon"}
     scalars[f"ema_psnr_k{keeps[-1]}"] = ema[f"psnr_k{keeps[-1]}"]
+    scalars.update(heldout)
+    if heldout:
+      self.last_heldout = heldout
     logger.scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
     rows = [to_uint8(images)] + [to_uint8(res["recon"][k]) for k in keeps]
     logger.image(step, "reconstructions", image_grid(rows, ["original"] + [f"K={k}" for k in keeps]))
@@ -160,7 +212,7 @@ class TokenizerStage(loop.Stage):
       self.run_eval(state, step, logger)
 
   def finish(self, state, step, logger):
-    self.run_eval(state, step, logger)
+    self.run_eval(state, step, logger, final=True)
 
   def checkpoint_meta(self):
     return {"num_keep_values": sorted(self.keeps_used)}
@@ -178,7 +230,24 @@ class TokenizerStage(loop.Stage):
         "perplexity": last["perplexity"] if last else None,
         "num_keep_values": sorted(self.keeps_used),
         "compiled_steps": self.step_fn.num_compiled,
+        **self.heldout_summary(),
     }
+
+  def heldout_summary(self) -> dict:
+    """The last held-out evaluation's numbers, with N and the small-N caveat."""
+    if self.heldout is None:
+      return {}
+    from mergevq_jax.eval import fid
+    h = self.heldout
+    n = h["num_images"]
+    values = {k[len("heldout_"):]: v for k, v in self.last_heldout.items()}
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      caveats = fid.check_sample_size(n, fid.FEATURE_DIM) if h["nets"].has_inception else []
+    return {"heldout": {"num_images": n, "weights": "ema",
+                        "split": "the eval split's eval views (centre crops)",
+                        "nets": h["nets"].describe(), **values,
+                        "note": " ".join(caveats) or None}}
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
