@@ -99,6 +99,14 @@ class Encoder(nnx.Module):
 
   def __call__(self, images: jax.Array, schedule: Sequence[int]) -> EncoderOutput:
     """images: (B, H, W, 3); schedule: static per-block merge counts (len = num layers)."""
+    x, state = self.transformer(images, schedule)
+    tokens = x[:, 1:]
+    z = self.conv_out(jax.nn.silu(self.norm_out(tokens)))
+    return EncoderOutput(z=z, cls=x[:, 0], owner=state.owner, size=state.size[:, 1:])
+
+  def transformer(self, images: jax.Array, schedule: Sequence[int]
+                  ) -> tuple[jax.Array, tome.MergeState]:
+    """The transformer's output tokens (B, 1 + K, width), [CLS] first, and merge state."""
     feats = self.stem(images)
     b, h, w, c = feats.shape
     x = feats.reshape(b, h * w, c)
@@ -110,6 +118,4 @@ class Encoder(nnx.Module):
       x, metric = block.attention_residual(x, bias)
       x, state = tome.merge_step(x, metric, state, r)
       x = block.mlp_residual(x)
-    tokens = x[:, 1:]
-    z = self.conv_out(jax.nn.silu(self.norm_out(tokens)))
-    return EncoderOutput(z=z, cls=x[:, 0], owner=state.owner, size=state.size[:, 1:])
+    return x, state

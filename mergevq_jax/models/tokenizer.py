@@ -163,6 +163,15 @@ class Tokenizer(nnx.Module):
     out = self.encoder(images, self.schedule(keep, L))
     return self.align_head(out.cls)
 
+  def probe_features(self, images: jax.Array) -> dict[str, jax.Array]:
+    """Encoder features with every token kept (no merging), for a linear probe:
+    {'cls': the [CLS] token (B, width), 'mean': the mean of the L patch tokens (B, width)},
+    both the transformer's output before the quantiser's projection."""
+    self.check_images(images, exact_size=False)
+    L = (images.shape[1] // self.downsample) * (images.shape[2] // self.downsample)
+    x, _ = self.encoder.transformer(images, self.schedule(L, L))
+    return {"cls": x[:, 0], "mean": jnp.mean(x[:, 1:], axis=1)}
+
   def recover_source(self, tokens: jax.Array) -> SourceRecoveryOutput:
     """Predict the source from K tokens alone (generation without ground-truth S)."""
     if self.recovery is None:
