@@ -129,6 +129,34 @@ def test_gr_reconstruction_codes_source_and_head_match_the_authors(gr):
   check_parity(config, params, model)
 
 
+@pytest.mark.parametrize("view", [24, 16])
+def test_alignment_view_merges_like_the_authors(gr, view):
+  """On an alignment view of another size (24 px: 36 tokens, 16 px: 16 tokens, against 64
+  at 32 px) the authors' encoder applies K's r list [10, 8, 6, 4] capped at half the tokens
+  per block; `align` with the default model.align_merge='same_r' gives their head output.
+  'same_ratio' (the rule before the option existed) keeps K/L and differs."""
+  config, params, model = gr
+  assert config.model.align_merge == "same_r"
+  rng = np.random.default_rng(2)
+  x = rng.uniform(-1, 1, (BATCH, view, view, 3)).astype(np.float32)
+  theirs, _ = build_reference(config, params)
+  with torch.no_grad():
+    want = theirs.encoder(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                          return_head=True).numpy()
+  graphdef, state = nnx.split(model)
+  ours = np.asarray(jax.jit(lambda st, v: nnx.merge(graphdef, st).align(v, 36))(state, x))
+  diff = np.abs(ours - want).max()
+  print(f"\nalign at {view} px vs the authors: {diff:.2e}")
+  assert diff <= 1e-5 * max(1.0, float(np.abs(want).max()))
+  other = small_gr_config()
+  other.model.align_merge = "same_ratio"
+  model2 = nnx.eval_shape(lambda: Tokenizer(other, rngs=nnx.Rngs(0)))
+  native.load_params(model2, params)
+  graphdef2, state2 = nnx.split(model2)
+  ratio = np.asarray(jax.jit(lambda st, v: nnx.merge(graphdef2, st).align(v, 36))(state2, x))
+  assert np.abs(ratio - want).max() > 1e-3
+
+
 def test_r_shaped_encoder_and_layer2_ln_head_match_the_authors():
   config = small_r_config()
   args = yaml.safe_load(authors.yaml_snippet(config))["model"]["init_args"]["ddconfig"]

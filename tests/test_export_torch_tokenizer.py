@@ -255,7 +255,7 @@ def test_parity_with_jax(variant, num_keep):
 
 
 def test_align_at_another_resolution():
-  """align() on 12 x 12 views: a 6 x 6 grid, K scaled to round(36 * 36 / 64) = 20."""
+  """align() on 12 x 12 views: a 6 x 6 grid merged with K=36's r list, capped (same_r)."""
   config, jm, tm = models("G")
   x = images(12)
   graphdef, state = nnx.split(jm)

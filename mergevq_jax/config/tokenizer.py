@@ -65,6 +65,8 @@ def tokenizer_defaults() -> ml_collections.ConfigDict:
   m.align_head = "layer3"      # 'layer3' (G+R, R), 'layer2_ln' (G), or '' for none
   m.align_hidden = 2048
   m.align_dim = 768            # DINOv2 ViT-B/14 [CLS] width
+  m.align_merge = "same_r"     # merging on the 224 px view: the r list of K ('same_r', the
+                               # authors') or the ratio K/L ('same_ratio'); models/hparams.py
 
   r = m.recovery = ml_collections.ConfigDict()
   r.enabled = True

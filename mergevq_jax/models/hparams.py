@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mergevq_jax.models.merge_schedule import merge_schedule
+from mergevq_jax.models.merge_schedule import capped_schedule, merge_schedule
 
 GROUPS = 32  # GroupNorm groups of every CNN stage
 DTYPES = ("float32", "bfloat16")   # names config["dtype"] may take
@@ -21,6 +21,28 @@ _MODEL_KEYS = ("image_size", "encoder_type", "ch", "ch_mult", "num_res_blocks", 
                "recovery.enabled", "recovery.width", "recovery.num_heads", "recovery.mlp_dim",
                "recovery.num_cross_layers", "recovery.num_self_layers")
 _QUANTIZER_KEYS = ("tau", "entropy_mode", "group_size", "per_token_weight", "batch_weight")
+
+
+# How the encoder merges on an alignment view of another resolution (L' tokens):
+#   'same_r'      the per-block r list of the training resolution's K, capped at half the
+#                 tokens per block as ToMe does (the authors' code: G+R keeps 196 - 112 = 84
+#                 of 196 tokens at 224 px for K=144 at 256 px);
+#   'same_ratio'  a fresh schedule keeping round(K L' / L) tokens (runs saved before
+#                 model.align_merge existed were trained this way).
+ALIGN_MERGE_RULES = ("same_r", "same_ratio")
+ALIGN_MERGE_BEFORE_THE_KEY = "same_ratio"
+
+
+def align_schedule(model, view_tokens: int, num_keep: int) -> tuple[int, ...]:
+  """Per-block merge counts on an alignment view of `view_tokens` patch tokens."""
+  rule = model.get("align_merge", ALIGN_MERGE_BEFORE_THE_KEY)
+  L = num_tokens(model)
+  if rule == "same_r":
+    return capped_schedule(merge_schedule(model["num_layers"], L, num_keep), view_tokens)
+  if rule == "same_ratio":
+    keep = max(1, round(num_keep * view_tokens / L))
+    return merge_schedule(model["num_layers"], view_tokens, keep)
+  raise ValueError(f"model.align_merge must be one of {ALIGN_MERGE_RULES}, got {rule!r}")
 
 
 def is_mapping(node) -> bool:
@@ -86,6 +108,9 @@ def check_hparams(config) -> None:
       merge_schedule(m["num_layers"], L, int(k))
     except ValueError as e:
       raise ValueError(f"model.num_keep / keep_candidates: {e}") from None
+  if m.get("align_merge", ALIGN_MERGE_BEFORE_THE_KEY) not in ALIGN_MERGE_RULES:
+    raise ValueError(f"model.align_merge must be one of {ALIGN_MERGE_RULES}, got "
+                     f"{m['align_merge']!r}")
   if m["align_head"] not in ("", "layer3", "layer2_ln"):
     raise ValueError(f"model.align_head must be '', 'layer3' or 'layer2_ln', "
                      f"got {m['align_head']!r}")

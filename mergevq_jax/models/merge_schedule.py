@@ -44,6 +44,17 @@ def merge_schedule(num_layers: int, num_tokens: int, num_keep: int) -> tuple[int
   return tuple(schedule)
 
 
+def capped_schedule(schedule: Sequence[int], num_tokens: int) -> tuple[int, ...]:
+  """`schedule` run on `num_tokens` patch tokens with ToMe's cap of half the tokens left
+  per block (what bipartite matching does when the list was made for more tokens)."""
+  left, out = num_tokens, []
+  for r in schedule:
+    r = max(0, min(int(r), left // 2))
+    out.append(r)
+    left -= r
+  return tuple(out)
+
+
 def check_schedule(schedule: Sequence[int], num_tokens: int) -> None:
   """ValueError unless every r_l is in [0, half of the patch tokens left at block l]."""
   left = num_tokens

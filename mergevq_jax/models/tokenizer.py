@@ -22,8 +22,8 @@ from mergevq_jax.models.layers import compute_dtype
 from mergevq_jax.models.decoder import Decoder
 from mergevq_jax.models.encoder import Encoder
 # Geometry and checks are pure Python, shared with the PyTorch port; re-exported here.
-from mergevq_jax.models.hparams import (GROUPS, check_hparams, downsample_factor,  # noqa: F401
-                                        encoder_width, num_tokens)
+from mergevq_jax.models.hparams import (GROUPS, align_schedule, check_hparams,  # noqa: F401
+                                        downsample_factor, encoder_width, num_tokens)
 from mergevq_jax.models.recovery import SourceRecovery, SourceRecoveryOutput
 
 
@@ -153,14 +153,15 @@ class Tokenizer(nnx.Module):
     """Alignment-head output on the [CLS] token of a (strong) view, (B, align_dim).
 
     Any image size divisible by the downsampling factor (e.g. 224 crops); the merge
-    schedule keeps the same fraction K/L as at the training resolution.
+    schedule follows model.align_merge (`hparams.align_schedule`): by default the r list
+    of K at the training resolution, as the authors' encoder does.
     """
     if self.align_head is None:
       raise ValueError("this config has no alignment head (model.align_head = '')")
     self.check_images(images, exact_size=False)
     L = (images.shape[1] // self.downsample) * (images.shape[2] // self.downsample)
-    keep = max(1, round(num_keep * L / self.num_tokens))
-    out = self.encoder(images, self.schedule(keep, L))
+    self.schedule(num_keep)   # ValueError if K is not reachable at the training resolution
+    out = self.encoder(images, align_schedule(self.config.model, L, num_keep))
     return self.align_head(out.cls)
 
   def probe_features(self, images: jax.Array) -> dict[str, jax.Array]:

@@ -34,7 +34,8 @@ from mergevq_jax.export.torch_modules.encoder import Encoder
 from mergevq_jax.export.torch_modules.hub import FromPretrained, own_config
 from mergevq_jax.export.torch_modules.recovery import SourceRecovery, SourceRecoveryOutput
 # Geometry and checks are pure Python (no JAX), shared with the JAX model.
-from mergevq_jax.models.hparams import check_hparams, downsample_factor, encoder_width, num_tokens
+from mergevq_jax.models.hparams import (align_schedule, check_hparams, downsample_factor,
+                                        encoder_width, num_tokens)
 
 
 class EncodeOutput(NamedTuple):
@@ -179,14 +180,14 @@ class MergeVQTokenizer(FromPretrained, nn.Module):
     """Alignment-head output on the [CLS] token, (B, align_dim).
 
     images (B, 3, H, W) of any size divisible by the downsampling factor; the merge
-    schedule keeps the same fraction K/L as at the training resolution.
+    schedule follows model.align_merge (`hparams.align_schedule`, as the JAX model).
     """
     if self.align_head is None:
       raise ValueError("this config has no alignment head (model.align_head = '')")
     self.check_images(images, exact_size=False)
     L = (images.shape[2] // self.downsample) * (images.shape[3] // self.downsample)
-    keep = max(1, round(num_keep * L / self.num_tokens))
-    out = self.encoder(images.float(), self.schedule(keep, L))
+    self.schedule(num_keep)
+    out = self.encoder(images.float(), align_schedule(self.config["model"], L, num_keep))
     return self.align_head(out.cls)
 
   def recover_source(self, tokens: torch.Tensor) -> SourceRecoveryOutput:
