@@ -156,6 +156,8 @@ def test_cli_errors(tok_run, tmp_path):
   assert out.returncode == 2 and "3" in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
   out = _cli(f"--workdir={tok_run}", "--num_keep=a,b", f"--out={tmp_path / 'e'}")
   assert out.returncode == 2 and "comma-separated integers" in out.stderr
+  out = _cli(f"--workdir={tok_run}", "--split=bogus", f"--out={tmp_path / 'e'}")
+  assert out.returncode == 2 and "split must be 'train' or one of" in out.stderr
   out = _cli(f"--workdir={tok_run}", "--reference=/nonexistent/ref.npz", "--num_images=2",
              f"--out={tmp_path / 'e'}")
   assert out.returncode == 2 and "/nonexistent/ref.npz" in out.stderr, out.stderr[-2000:]

@@ -65,6 +65,8 @@ def _data_source(config, opts: Options, train: bool):
     d.path = opts.path
   if opts.split is not None:
     d.split = opts.split
+    if d.source == "samples":   # its splits are fixed names, not data.split
+      return sources.SampleImages(opts.split), opts.split
     return sources.source_from_config(config, train=True), opts.split
   name = d.split if train else sources.eval_split_name(config)
   return sources.source_from_config(config, train=train), name
