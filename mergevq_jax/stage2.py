@@ -102,4 +102,4 @@ def _gfid(config, workdir: str, ar_workdir: str, num_samples: int) -> dict:
     files.write_json(files.join(out_dir, "eval.json"), report)
   return {"gfid": report["gfid"], "num_samples": report["num_samples"],
           "reference": report["reference"], "seconds": report["seconds"],
-          "note": " ".join(report["warnings"]) or None}
+          "note": "; ".join(report["warnings"]) or None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from mergevq_jax import sharding
 from mergevq_jax.eval import batches, fid
 from mergevq_jax.eval.inception_score import InceptionScore
 from mergevq_jax.progress import Progress
@@ -23,7 +24,9 @@ def evaluate_samples(generator, decode, nets, key, *, num_samples: int, num_clas
   first `keep_grid` samples of process 0 (n, H, W, 3) or None).
 
   generator(key, class_ids, num_keep, **sampling) -> (codes, stats); decode(codes) ->
-  images in [-1, 1]. `batch`: samples per process per call (padded at the end).
+  images in [-1, 1]; both run inside the mesh (class ids are a global array split over
+  its batch axes, as `Generator` takes them). `batch`: samples per process per call
+  (padded at the end); the key of batch j is fold_in(key, j).
   """
   import time
   stats = fid.FeatureStats(fid.FEATURE_DIM)
@@ -36,12 +39,13 @@ def evaluate_samples(generator, decode, nets, key, *, num_samples: int, num_clas
   for start in range(0, len(mine), batch):
     idx = np.asarray(mine[start:start + batch])
     n = len(idx)
-    ids = np.resize(idx % num_classes, batch).astype(np.int32)
+    ids = batches.to_global(np.resize(idx % num_classes, batch).astype(np.int32), nets.mesh)
     t0 = time.time()
-    codes, _ = generator(jax.random.fold_in(key, int(idx[0])), ids, num_keep, **sampling)
-    images = np.asarray(decode(codes), np.float32)
+    with sharding.use_mesh(nets.mesh):   # generation and decoding split over the batch
+      codes, _ = generator(jax.random.fold_in(key, start // batch), ids, num_keep, **sampling)
+      images = decode(codes)
     t1 = time.time()
-    out = nets.features(batches.to_global(images, nets.mesh))
+    out = nets.features(images)
     stats.update(batches.local_rows(out["pool3"])[:n])
     if score is not None:
       logits = batches.local_rows(out["logits"])[:n]
@@ -50,7 +54,7 @@ def evaluate_samples(generator, decode, nets, key, *, num_samples: int, num_clas
     t_feat += time.time() - t1
     t_gen += t1 - t0
     if len(shown) < keep_grid:
-      shown.extend(images[:min(n, keep_grid - len(shown))])
+      shown.extend(batches.local_rows(images)[:min(n, keep_grid - len(shown))])
     if bar is not None:
       bar.update(n)
   if bar is not None:

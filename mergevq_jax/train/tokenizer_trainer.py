@@ -247,7 +247,7 @@ class TokenizerStage(loop.Stage):
     return {"heldout": {"num_images": n, "weights": "ema",
                         "split": "the eval split's eval views (centre crops)",
                         "nets": h["nets"].describe(), **values,
-                        "note": " ".join(caveats) or None}}
+                        "note": "; ".join(caveats) or None}}
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:

@@ -227,18 +227,23 @@ class Generator:
   def layout(self, keep_cap: int) -> CacheLayout:
     return CacheLayout.make(PREFIX, self.model.num_positions, self.mode, keep_cap, self.window)
 
-  def check(self, class_ids, num_keep: int, keep_cap: int | None) -> tuple[np.ndarray, int]:
+  def check(self, class_ids, num_keep: int, keep_cap: int | None) -> tuple[jax.Array, int]:
+    """Validated class ids and K_cap. A jax.Array of ids (e.g. a global batch split over
+    the mesh) keeps its sharding; anything else becomes an int32 array."""
     num_classes = self.model.config.model.num_classes
-    ids = np.asarray(class_ids)
-    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+    ids = class_ids if isinstance(class_ids, jax.Array) else np.asarray(class_ids)
+    if ids.ndim != 1 or ids.size == 0 or not jnp.issubdtype(ids.dtype, jnp.integer):
       raise ValueError(f"class_ids must be a non-empty 1-D integer array, got {ids!r}")
-    if ids.min() < 0 or ids.max() >= num_classes:
-      raise ValueError(f"class ids must be in [0, {num_classes}), got {sorted(set(ids.tolist()))}")
+    lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+    if lo < 0 or hi >= num_classes:
+      shown = sorted(set(np.asarray(ids).tolist())) if not isinstance(ids, jax.Array) else (
+          f"values in [{lo}, {hi}]")
+      raise ValueError(f"class ids must be in [0, {num_classes}), got {shown}")
     self.model.keep_index(num_keep)
     keep_cap = int(num_keep if not keep_cap else keep_cap)
     if keep_cap < num_keep:
       raise ValueError(f"K_cap={keep_cap} is smaller than the merge instruction K={num_keep}")
-    return ids.astype(np.int32), keep_cap
+    return ids.astype(jnp.int32), keep_cap
 
   def __call__(self, key, class_ids, num_keep: int, *, keep_cap: int | None = None,
                temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0, guidance: bool | None = None
@@ -253,8 +258,9 @@ class Generator:
     fn = self._fns.get((layout, guidance))
     if fn is None:
       fn = self._fns[(layout, guidance)] = make_generate_fn(self.graphdef, layout, guidance)
-    keep_index = jnp.full(ids.shape, self.model.keep_index(num_keep), jnp.int32)
-    return fn(self.state, key, jnp.asarray(ids), keep_index, params)
+    ids = jnp.asarray(ids)
+    keep_index = jnp.full_like(ids, self.model.keep_index(num_keep))
+    return fn(self.state, key, ids, keep_index, params)
 
   def compilations(self) -> int:
     return sum(fn._cache_size() for fn in self._fns.values())
