@@ -85,7 +85,10 @@ def evaluate_tokenizer(workdir: str, out_dir: str, opts: Options) -> dict:
   keeps = [int(k) for k in opts.num_keep] or sorted(
       {min(m.keep_candidates or [m.num_keep]), int(m.num_keep)})
   for k in keeps:
-    tokenizer.schedule(k)   # ValueError naming K if the tokenizer cannot reach it
+    try:
+      tokenizer.schedule(k)
+    except ValueError as e:
+      raise ValueError(f"--num_keep={k}: {e}") from None
   source, split = _data_source(config, opts, train=False)
   n = len(source) if opts.num_images <= 0 else min(opts.num_images, len(source))
   mesh = sharding.make_mesh((-1, 1, 1))

@@ -20,6 +20,7 @@ class EncoderOutput(NamedTuple):
   cls: jax.Array      # (B, width) [CLS] token after the transformer
   owner: jax.Array    # (B, L) int32 source index: which kept token owns each position
   size: jax.Array     # (B, K) float, original positions per kept token
+  anchor: jax.Array   # (B, K) int32, original position of each kept token's own patch
 
 
 class CNNStem(nnx.Module):
@@ -102,7 +103,8 @@ class Encoder(nnx.Module):
     x, state = self.transformer(images, schedule)
     tokens = x[:, 1:]
     z = self.conv_out(jax.nn.silu(self.norm_out(tokens)))
-    return EncoderOutput(z=z, cls=x[:, 0], owner=state.owner, size=state.size[:, 1:])
+    return EncoderOutput(z=z, cls=x[:, 0], owner=state.owner, size=state.size[:, 1:],
+                         anchor=state.anchor)
 
   def transformer(self, images: jax.Array, schedule: Sequence[int]
                   ) -> tuple[jax.Array, tome.MergeState]:

@@ -35,6 +35,7 @@ class EncodeOutput(NamedTuple):
   z: jax.Array            # (B, K, d) pre-quantisation latents
   size: jax.Array         # (B, K) positions per kept token
   lfq: lfq.LFQOutput      # losses: commit_loss, per_token/batch entropy, entropy_loss
+  anchor: jax.Array       # (B, K) int32 original position of each kept token's own patch
 
   @property
   def num_keep(self) -> int:
@@ -110,7 +111,7 @@ class Tokenizer(nnx.Module):
                     batch_weight=q.batch_weight, entropy_mode=q.entropy_mode,
                     group_size=q.group_size)
     return EncodeOutput(tokens=quant.quantized, indices=quant.indices, owner=out.owner,
-                        cls=out.cls, z=out.z, size=out.size, lfq=quant)
+                        cls=out.cls, z=out.z, size=out.size, lfq=quant, anchor=out.anchor)
 
   def _owner(self, source: jax.Array, num_keep: int, batch: int) -> jax.Array:
     L = self.num_tokens

@@ -24,19 +24,22 @@ from mergevq_jax.models.merge_schedule import check_schedule, merge_schedule  # 
 class MergeState(NamedTuple):
   """What a ToMe encoder carries between blocks.
 
-  size:  (B, N) float, how many original patch positions each token stands for
-         ([CLS] has size 1 and is never merged).
-  owner: (B, L) int32, index into the N-1 patch tokens that owns each original position.
+  size:   (B, N) float, how many original patch positions each token stands for
+          ([CLS] has size 1 and is never merged).
+  owner:  (B, L) int32, index into the N-1 patch tokens that owns each original position.
+  anchor: (B, N-1) int32, the original position of each patch token's surviving line
+          (the patch that was never merged away: where the kept token "sits").
   """
   size: jax.Array
   owner: jax.Array
+  anchor: jax.Array
 
 
 def init_merge_state(batch: int, num_patches: int) -> MergeState:
   """Identity state for a sequence of [CLS] + `num_patches` tokens."""
   size = jnp.ones((batch, num_patches + 1), jnp.float32)
   owner = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
-  return MergeState(size=size, owner=owner)
+  return MergeState(size=size, owner=owner, anchor=owner)
 
 
 # ----------------------------------------------------------------------------- matching
@@ -126,7 +129,11 @@ def merge_step(x: jax.Array, metric: jax.Array, state: MergeState, r: int
   pos = new_positions(m, x.shape[1] + r)
   # owner counts patch tokens only: shift by one for [CLS] on the way in and out.
   owner = jnp.take_along_axis(pos, state.owner + 1, axis=1) - 1
-  return x, MergeState(size=size, owner=owner)
+  # the merged-into B token keeps its line: [unmerged A, all B], as merge_tokens orders them
+  full = jnp.concatenate([jnp.full_like(state.anchor[:, :1], -1), state.anchor], axis=1)
+  anchor = jnp.concatenate([jnp.take_along_axis(full[:, ::2], m.unmerged, axis=1),
+                            full[:, 1::2]], axis=1)[:, 1:]
+  return x, MergeState(size=size, owner=owner, anchor=anchor)
 
 
 def attention_bias(size: jax.Array) -> jax.Array:
