@@ -23,7 +23,11 @@ SMALL = ["--config.model.image_size=32", "--config.model.ch_mult=(1,1,2)",
          "--config.model.keep_probs=(1.0,)", "--config.model.recovery.enabled=False",
          "--config.disc.enabled=False", "--config.train.batch_size=8", "--config.train.lr=1e-4",
          "--config.data.eval_images=8", "--config.train.log_every=1", "--config.train.steps=3",
-         "--config.stage2.steps=3", "--config.stage2.views=1"]
+         "--config.stage2.steps=3", "--config.stage2.views=1",
+         "--config.eval.num_images=0", "--config.stage2.gfid_samples=0"]
+# The held-out rFID / LPIPS evaluation on 5 photos (3 + 2 over two processes); no gFID (its
+# sample order depends on the process count: nothing to compare).
+HELDOUT = ["--config.eval.num_images=5", "--config.eval.batch_size=2"]
 
 
 def main_job(*flags):
@@ -56,11 +60,11 @@ def test_unreachable_coordinator_is_a_timeout_with_a_clear_message(tmp_path):
   assert out.stderr.strip().startswith(f"error: no JAX coordinator at localhost:{port} after 2 s")
 
 
-def launch(workdir, processes, devices, ar_config, port):
+def launch(workdir, processes, devices, ar_config, port, extra=()):
   env = {**os.environ, "WORKDIR": str(workdir), "PORT": str(port),
          "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
   out = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "--processes", str(processes),
-                        "--devices_per_process", str(devices), *SMALL,
+                        "--devices_per_process", str(devices), *SMALL, *extra,
                         f"--config.stage2.mergear_config={ar_config}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   logs = "".join(p.read_text() for p in (workdir / "logs").glob("*.log")) if (
@@ -74,7 +78,7 @@ def losses(path, key):
 
 @pytest.mark.slow
 def test_two_processes_x4_devices_train_what_one_process_x8_trains(tmp_path):
-  two_processes_train_what_one_process_trains(tmp_path, 4, (23521, 23522))
+  two_processes_train_what_one_process_trains(tmp_path, 4, (23521, 23522), HELDOUT)
 
 
 def test_two_processes_train_what_one_process_trains(tmp_path):
@@ -83,7 +87,14 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
   two_processes_train_what_one_process_trains(tmp_path, 1, (23524, 23525))
 
 
-def two_processes_train_what_one_process_trains(tmp_path, devices: int, ports):
+@pytest.mark.slow
+def test_two_processes_evaluate_what_one_process_evaluates(tmp_path):
+  """The held-out evaluation (statistics summed over processes, padding batches where a
+  process has fewer images) gives the same numbers on 2 processes as on 1 (~5 min)."""
+  two_processes_train_what_one_process_trains(tmp_path, 1, (23526, 23527), HELDOUT)
+
+
+def two_processes_train_what_one_process_trains(tmp_path, devices: int, ports, extra=()):
   ar_config = tmp_path / "mergear_small.py"   # no sample grids: nothing but training
   ar_config.write_text(
       "from mergevq_jax.config import load_config_file\n"
@@ -93,12 +104,19 @@ def two_processes_train_what_one_process_trains(tmp_path, devices: int, ports):
       "  c.train.batch_size, c.train.sample_every, c.train.log_every = 8, 0, 1\n"
       "  return c\n")
   one, two = tmp_path / "one", tmp_path / "two"
-  launch(one, 1, 2 * devices, ar_config, ports[0])
-  launch(two, 2, devices, ar_config, ports[1])
+  launch(one, 1, 2 * devices, ar_config, ports[0], extra)
+  launch(two, 2, devices, ar_config, ports[1], extra)
   for sub, key in (("", "train/g_total"), ("mergear", "train/loss")):
     a, b = losses(one / sub / "metrics.jsonl", key), losses(two / sub / "metrics.jsonl", key)
     assert sorted(a) == sorted(b) == [1, 2, 3]           # each step logged once (process 0)
     np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-3)
+  # The held-out evaluation sums its statistics over the processes: the same numbers
+  # (when the eval extra's weights are installed; else the summary says they are not).
+  held = [json.loads((d / "summary.json").read_text()) for d in (one, two)]
+  if extra and held[0].get("heldout", {}).get("rfid_k36") is not None:
+    for key in ("rfid_k36", "psnr_k36", "ssim_k36", "lpips_k36"):
+      assert held[1]["heldout"][key] == pytest.approx(held[0]["heldout"][key], rel=1e-3), key
+    assert held[0]["heldout"]["num_images"] == held[1]["heldout"]["num_images"] == 5
   # Each process tokenized its own rows into its own shard.
   assert sorted(p.name for p in (two / "codes").glob("shard-*.codes.npy")) == [
       "shard-00000-of-00002.codes.npy", "shard-00001-of-00002.codes.npy"]

@@ -18,6 +18,7 @@ def test_notebook_is_stored_without_outputs():
   assert sum("figure" in c.metadata.get("tags", []) for c in code) >= 4
 
 
+@pytest.mark.slow   # ~4 min on 2 cores: every stage compiles once (`-m slow` runs it)
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")

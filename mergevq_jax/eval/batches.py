@@ -31,11 +31,23 @@ def local_batch_size(mesh: Mesh, per_device: int) -> int:
   return per_device * max(1, dp // jax.process_count())
 
 
+def per_process(n: int) -> int:
+  """The most items any process gets of n (`process_slice`): ceil(n / processes)."""
+  return -(-n // jax.process_count())
+
+
+def num_batches(n: int, batch: int) -> int:
+  """Batches every process runs for n items in all: the same count on every process (a
+  process with fewer items runs padding batches), since each batch is one global step."""
+  return -(-per_process(n) // batch)
+
+
 def fit_batch(batch: int, n: int, mesh: Mesh) -> int:
   """`batch` (a multiple of this process's share of devices) shrunk to the smallest such
-  multiple that holds n images: a short evaluation computes no padding it does not need."""
+  multiple that holds a process's share of n items (the same on every process): a short
+  evaluation computes no padding it does not need."""
   unit = local_batch_size(mesh, 1)
-  return min(batch, max(unit, -(-n // unit) * unit))
+  return min(batch, max(unit, -(-per_process(n) // unit) * unit))
 
 
 def pad_batch(images: np.ndarray, size: int) -> tuple[np.ndarray, int]:
@@ -76,14 +88,20 @@ def sum_across_processes(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
 
 
-def eval_view_batches(source, indices, image_size: int, batch: int):
-  """(images (batch, S, S, 3) float32 in [-1, 1] padded, real count, labels) over
-  `source[indices]` as eval views (shorter side -> S, centre crop), in order."""
+def eval_view_batches(source, indices, image_size: int, batch: int,
+                      count: int | None = None):
+  """`count` batches (default: enough for `indices`) of (images (batch, S, S, 3) float32 in
+  [-1, 1] padded, real count, labels) over `source[indices]` as eval views (shorter side
+  -> S, centre crop), in order. Batches past the indices hold 0 real images (padding, so
+  that every process runs the same number of global steps)."""
   from mergevq_jax.data import augment
   indices = list(indices)
-  for start in range(0, len(indices), batch):
-    items = [source[int(i)] for i in indices[start:start + batch]]
+  count = -(-len(indices) // batch) if count is None else count
+  filler = int(indices[0]) if indices else 0
+  for b in range(count):
+    chunk = indices[b * batch:(b + 1) * batch]
+    items = [source[int(i)] for i in (chunk or [filler])]
     images = np.stack([augment.eval_view(it["image"], image_size) for it in items])
     labels = np.asarray([it.get("label", -1) for it in items], np.int32)
-    padded, n = pad_batch(images.astype(np.float32), batch)
-    yield padded, n, labels
+    padded, _ = pad_batch(images.astype(np.float32), batch)
+    yield padded, len(chunk), labels[:len(chunk)]

@@ -32,25 +32,29 @@ def evaluate_samples(generator, decode, nets, key, *, num_samples: int, num_clas
   stats = fid.FeatureStats(fid.FEATURE_DIM)
   score = InceptionScore(num_samples, is_splits) if nets.has_logits else None
   mine = list(batches.process_slice(num_samples))
-  batch = batches.fit_batch(batch, len(mine), nets.mesh)
+  batch = batches.fit_batch(batch, num_samples, nets.mesh)
   shown = []
   bar = Progress(len(mine), unit="sample", label="generate") if progress else None
   t_gen = t_feat = 0.0
-  for start in range(0, len(mine), batch):
-    idx = np.asarray(mine[start:start + batch])
+  for j in range(batches.num_batches(num_samples, batch)):   # the same count everywhere
+    start = j * batch
+    idx = np.asarray(mine[start:start + batch], np.int64)
     n = len(idx)
-    ids = batches.to_global(np.resize(idx % num_classes, batch).astype(np.int32), nets.mesh)
+    ids = np.resize(idx % num_classes, batch) if n else np.zeros(batch, np.int64)
+    ids = batches.to_global(ids.astype(np.int32), nets.mesh)
     t0 = time.time()
     with sharding.use_mesh(nets.mesh):   # generation and decoding split over the batch
-      codes, _ = generator(jax.random.fold_in(key, start // batch), ids, num_keep, **sampling)
+      codes, _ = generator(jax.random.fold_in(key, j), ids, num_keep, **sampling)
       images = decode(codes)
     t1 = time.time()
     out = nets.features(images)
     stats.update(batches.local_rows(out["pool3"])[:n])
     if score is not None:
       logits = batches.local_rows(out["logits"])[:n]
-      for j, i in enumerate(idx):   # strided indices: each sample lands in its own split
-        score.update(logits[j:j + 1], start=int(i))
+      if score.prob_sum is None:   # also on a process without samples (sums must align)
+        score.prob_sum = np.zeros((is_splits, out["logits"].shape[1]), np.float64)
+      for r, i in enumerate(idx):   # strided indices: each sample lands in its own split
+        score.update(logits[r:r + 1], start=int(i))
     t_feat += time.time() - t1
     t_gen += t1 - t0
     if len(shown) < keep_grid:

@@ -12,9 +12,10 @@ def image_stats(nets, source, image_size: int, num_images: int, batch: int,
   n = len(source) if num_images <= 0 else min(num_images, len(source))
   stats = fid.FeatureStats(fid.FEATURE_DIM)
   mine = batches.process_slice(n)
-  batch = batches.fit_batch(batch, len(mine), nets.mesh)
+  batch = batches.fit_batch(batch, n, nets.mesh)
   bar = Progress(len(mine), unit="image", label="reference") if progress else None
-  for images, k, _ in batches.eval_view_batches(source, mine, image_size, batch):
+  for images, k, _ in batches.eval_view_batches(source, mine, image_size, batch,
+                                                batches.num_batches(n, batch)):
     out = nets.features(batches.to_global(images, nets.mesh))
     stats.update(batches.local_rows(out["pool3"])[:k])
     if bar is not None:

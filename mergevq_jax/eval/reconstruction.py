@@ -139,10 +139,11 @@ def evaluate_set(recon, params, nets, source, num_images: int, keeps, *, image_s
   gets this process's first batch (real rows only), e.g. for a picture."""
   acc = ReconstructionEval(nets, keeps, code_bits, sources, reference)
   mine = batches.process_slice(num_images)
-  batch = batches.fit_batch(batch, len(mine), nets.mesh)
+  batch = batches.fit_batch(batch, num_images, nets.mesh)
   bar = Progress(len(mine), unit="image", label="evaluate") if progress else None
   first = True
-  for images, real, _ in batches.eval_view_batches(source, mine, image_size, batch):
+  for images, real, _ in batches.eval_view_batches(source, mine, image_size, batch,
+                                                   batches.num_batches(num_images, batch)):
     x = batches.to_global(images, nets.mesh)
     acc.add_real(x, real)
     shown = {}
@@ -151,7 +152,7 @@ def evaluate_set(recon, params, nets, source, num_images: int, keeps, *, image_s
       acc.add(k, outs, indices, x, real, extras)
       if first and on_first_batch is not None:
         shown.update({(k, s): batches.local_rows(v)[:real] for s, v in outs.items()})
-    if first and on_first_batch is not None:
+    if first and on_first_batch is not None and real:
       on_first_batch(images[:real], shown)
     first = False
     if bar is not None:
