@@ -47,6 +47,13 @@ def sample_images(generator, decode, key, classes, num_keep: int, per_class: int
   return shape(images), shape(codes), stats
 
 
+def default_num_keep(model, tok_config) -> int:
+  """MergeAR's default merge instruction: the tokenizer's num_keep when MergeAR knows it,
+  else MergeAR's middle K."""
+  k = int(tok_config.model.num_keep)
+  return k if k in model.keep_values else model.keep_values[len(model.keep_values) // 2]
+
+
 def tokenizer_workdir_of(ar_config) -> str:
   from mergevq_jax.data.codes import read_manifest
   if not ar_config.data.codes_dir:

@@ -1,4 +1,5 @@
-"""Images as arrays and files: [-1, 1] floats to uint8, labelled grids, PNG.
+"""Images as arrays and files: [-1, 1] floats to uint8, labelled grids, PNG, and any
+image file as the eval view a run sees (`load_image`).
 
 Used by training (reconstruction and sample grids), sampling and evaluation.
 """
@@ -48,3 +49,20 @@ def save_png(path: str, image: np.ndarray) -> None:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format="PNG")
   files.write_bytes(path, buffer.getvalue())
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  """(size, size, 3) float32 in [-1, 1]: EXIF-rotated, RGB, shorter side -> size, centre."""
+  from PIL import Image, ImageOps
+
+  from mergevq_jax import files
+  from mergevq_jax.data.augment import eval_view
+  from mergevq_jax.data.sources import to_rgb_uint8
+  try:
+    with files.open_for_reading(path) as f, Image.open(f) as img:
+      img.load()
+      return eval_view(to_rgb_uint8(ImageOps.exif_transpose(img)), size)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"image not found: {path}") from None
+  except OSError as e:
+    raise ValueError(f"{path}: not an image PIL can read ({e})") from None

@@ -34,22 +34,6 @@ _LPIPS = flags.DEFINE_string("lpips", "auto", "LPIPS weights ('auto': the eval e
                              "'': none).")
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-  """(size, size, 3) float32 in [-1, 1]: EXIF-rotated, RGB, shorter side -> size, centre."""
-  from PIL import Image, ImageOps
-
-  from mergevq_jax.data.augment import eval_view
-  from mergevq_jax.data.sources import to_rgb_uint8
-  try:
-    with files.open_for_reading(path) as f, Image.open(f) as img:
-      img.load()
-      return eval_view(to_rgb_uint8(ImageOps.exif_transpose(img)), size)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"image not found: {path}") from None
-  except OSError as e:
-    raise ValueError(f"{path}: not an image PIL can read ({e})") from None
-
-
 def _stem_names(paths: list[str]) -> list[str]:
   """Unique output names from the file names (a.jpg, x/a.png -> a, a_2)."""
   out, seen = [], {}
@@ -60,45 +44,10 @@ def _stem_names(paths: list[str]) -> list[str]:
   return out
 
 
-def reconstruct_images(tokenizer, images: np.ndarray, keeps, recovered: bool, lpips=None
-                       ) -> dict:
-  """{K: {'recon', 'owner', 'anchor', 'indices', 'size', 'psnr', 'lpips'?, 'recovered'?}}
-  as numpy, for images (N, S, S, 3) in [-1, 1]."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from mergevq_jax.eval.metrics import psnr_per_image
-  graphdef, state = nnx.split(tokenizer)
-
-  @jax.jit
-  def lp(a, b):
-    return lpips(a, b)
-
-  out = {}
-  for k in keeps:
-    def run(state, x, k=k):
-      tok = nnx.merge(graphdef, state)
-      enc = tok.encode(x, k)
-      rec = tok.decode(enc.tokens, enc.owner)
-      res = {"recon": rec, "owner": enc.owner, "anchor": enc.anchor, "indices": enc.indices,
-             "size": enc.size, "psnr": psnr_per_image(rec, x)}
-      if recovered:
-        owner = tok.recover_source(enc.tokens).owner
-        rec2 = tok.decode(enc.tokens, owner)
-        res["recovered"] = {"recon": rec2, "owner": owner, "psnr": psnr_per_image(rec2, x),
-                            "source_accuracy": jnp.mean(owner == enc.owner, axis=1)}
-      return res
-    res = jax.tree.map(np.asarray, jax.jit(run)(state, jnp.asarray(images)))
-    if lpips is not None:
-      res["lpips"] = np.asarray(lp(jnp.asarray(res["recon"]), jnp.asarray(images)))
-    out[k] = res
-  return out
-
-
 def main(argv):
   from mergevq_jax import pretrained
-  from mergevq_jax.images import save_png, to_uint8
+  from mergevq_jax.eval.reconstruction import reconstruct_images
+  from mergevq_jax.images import load_image, save_png, to_uint8
   from mergevq_jax.overlay import group_overlay, labelled_panel, upscale
   paths = list(_IMAGES.value) + list(argv[1:])
   if not _WORKDIR.value or not paths:

@@ -19,7 +19,8 @@ import jax
 from absl import flags
 
 from mergevq_jax import cli, files
-from mergevq_jax.generation import check_pair, code_decoder, sample_images, tokenizer_workdir_of
+from mergevq_jax.generation import (check_pair, code_decoder, default_num_keep, sample_images,
+                                    tokenizer_workdir_of)
 
 _AR = flags.DEFINE_string("ar_workdir", None, "MergeAR run directory.")
 _TOK = flags.DEFINE_string("tokenizer_workdir", None, "Tokenizer run directory.")
@@ -61,9 +62,7 @@ def main(argv):
   tokenizer, tok_config, tok_step = pretrained.load_tokenizer(
       _TOK.value or tokenizer_workdir_of(ar_config))
   check_pair(ar_config, tokenizer)
-  num_keep = _KEEP.value or (tok_config.model.num_keep
-                             if tok_config.model.num_keep in model.keep_values
-                             else model.keep_values[len(model.keep_values) // 2])
+  num_keep = _KEEP.value or default_num_keep(model, tok_config)
   generator = Generator(model, mode=_CACHE.value or None)
   t0 = time.time()
   images, codes, stats = sample_images(

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
-from mergevq_jax.eval import probe
+from mergevq_jax.eval import linear_probe as probe
 from test_export import _save_run, _tok_config
 
 
@@ -59,6 +60,7 @@ def test_digits_features_beat_chance_by_a_wide_margin(tiny_model):
   assert r["test_accuracy"] > 0.5, r
 
 
+@pytest.mark.slow   # ~20 s; the probe itself is tested above
 def test_probe_command_writes_probe_json(tmp_path):
   workdir = str(tmp_path / "run")
   _save_run(workdir, _tok_config())

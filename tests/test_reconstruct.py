@@ -17,7 +17,7 @@ from mergevq_jax.export import native
 from mergevq_jax import overlay
 from mergevq_jax.models import tome
 from mergevq_jax.models.tokenizer import Tokenizer, jit_method
-from mergevq_jax.reconstruct import load_image
+from mergevq_jax.images import load_image
 from test_export import _save_run, _tok_config
 
 

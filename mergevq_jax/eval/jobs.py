@@ -139,16 +139,11 @@ def evaluate_tokenizer(workdir: str, out_dir: str, opts: Options) -> dict:
                                       "perplexity", "S accuracy"])}
 
 
-def default_ar_keep(model, tok_config) -> int:
-  """The tokenizer's num_keep when MergeAR knows it, else MergeAR's middle K."""
-  k = int(tok_config.model.num_keep)
-  return k if k in model.keep_values else model.keep_values[len(model.keep_values) // 2]
-
-
 def evaluate_mergear(ar_workdir: str, out_dir: str, opts: Options,
                      tokenizer_workdir: str | None = None) -> dict:
   """gFID (and IS when the Inception weights have the classifier) of a MergeAR run."""
-  from mergevq_jax.generation import check_pair, code_decoder, tokenizer_workdir_of
+  from mergevq_jax.generation import (check_pair, code_decoder, default_num_keep,
+                                      tokenizer_workdir_of)
   from mergevq_jax.models.ar.decode import Generator
   if opts.num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2 for gFID, got {opts.num_samples}")
@@ -156,7 +151,7 @@ def evaluate_mergear(ar_workdir: str, out_dir: str, opts: Options,
   tok_dir = tokenizer_workdir or tokenizer_workdir_of(ar_config)
   tokenizer, tok_config, tok_step = pretrained.load_tokenizer(tok_dir)
   check_pair(ar_config, tokenizer)
-  num_keep = opts.ar_num_keep or default_ar_keep(model, tok_config)
+  num_keep = opts.ar_num_keep or default_num_keep(model, tok_config)
   mesh = sharding.make_mesh((-1, 1, 1))
   nets = FeatureNets(mesh, inception=opts.inception, lpips="")
   if not nets.has_inception:

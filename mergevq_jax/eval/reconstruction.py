@@ -160,3 +160,39 @@ def evaluate_set(recon, params, nets, source, num_images: int, keeps, *, image_s
   if bar is not None:
     bar.close()
   return acc.result()
+
+
+def reconstruct_images(tokenizer, images: np.ndarray, keeps, recovered: bool, lpips=None
+                       ) -> dict:
+  """{K: {'recon', 'owner', 'anchor', 'indices', 'size', 'psnr', 'lpips'?, 'recovered'?}}
+  as numpy, for images (N, S, S, 3) in [-1, 1]."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from mergevq_jax.eval.metrics import psnr_per_image
+  graphdef, state = nnx.split(tokenizer)
+
+  @jax.jit
+  def lp(a, b):
+    return lpips(a, b)
+
+  out = {}
+  for k in keeps:
+    def run(state, x, k=k):
+      tok = nnx.merge(graphdef, state)
+      enc = tok.encode(x, k)
+      rec = tok.decode(enc.tokens, enc.owner)
+      res = {"recon": rec, "owner": enc.owner, "anchor": enc.anchor, "indices": enc.indices,
+             "size": enc.size, "psnr": psnr_per_image(rec, x)}
+      if recovered:
+        owner = tok.recover_source(enc.tokens).owner
+        rec2 = tok.decode(enc.tokens, owner)
+        res["recovered"] = {"recon": rec2, "owner": owner, "psnr": psnr_per_image(rec2, x),
+                            "source_accuracy": jnp.mean(owner == enc.owner, axis=1)}
+      return res
+    res = jax.tree.map(np.asarray, jax.jit(run)(state, jnp.asarray(images)))
+    if lpips is not None:
+      res["lpips"] = np.asarray(lp(jnp.asarray(res["recon"]), jnp.asarray(images)))
+    out[k] = res
+  return out
