@@ -134,7 +134,8 @@ SMALL = ["--config=configs/demo_cpu.py", "--config.model.image_size=32",
          "--config.model.recovery.enabled=False", "--config.disc.enabled=False",
          "--config.train.batch_size=2", "--config.data.eval_images=1",
          "--config.train.log_every=1", "--config.train.eval_every=1000000",
-         "--config.train.ckpt_every=1000000", "--config.train.steps=1000"]  # stage 2 stays on
+         "--config.train.ckpt_every=1000000", "--config.train.steps=1000",  # stage 2 stays on
+         "--config.eval.num_images=0", "--config.stage2.gfid_samples=0"]  # no evaluation
 
 
 def start_training(workdir, *extra):
