@@ -45,16 +45,18 @@ def _cli(*flags, devices: int = 1, timeout: int = 600):
 
 @needs_weights
 def test_tokenizer_eval_is_the_same_on_4_devices_and_in_other_batches(tok_run, tmp_path):
-  opts = jobs.Options(num_keep=(25,), num_images=6, batch_size=3, progress=False)
+  # LPIPS is per image like PSNR and SSIM (its networks: test_eval_nets.py); off here
+  opts = jobs.Options(num_keep=(25,), num_images=6, batch_size=3, lpips="", progress=False)
   mine = jobs.evaluate_tokenizer(tok_run, str(tmp_path / "one"), opts)
   out = _cli(f"--workdir={tok_run}", "--num_keep=25", "--num_images=6", "--batch_size=1",
-             f"--out={tmp_path / 'four'}", devices=4)
+             "--lpips=", f"--out={tmp_path / 'four'}", devices=4)
   assert out.returncode == 0, out.stderr[-3000:]
   theirs = json.loads((tmp_path / "four" / "eval.json").read_text())
   assert (tmp_path / "four" / "reconstructions.png").is_file()
   a, b = mine["per_k"]["25"], theirs["per_k"]["25"]
   print(mine["table"])
-  for key in ("psnr", "ssim", "lpips", "source_accuracy"):
+  assert "lpips" not in a and mine["nets"]["lpips"] is None
+  for key in ("psnr", "ssim", "source_accuracy"):
     for x, y in ((a, b), (a["recovered"], b["recovered"])):
       if key in x:
         assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), key
