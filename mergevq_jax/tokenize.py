@@ -49,13 +49,7 @@ def main(argv):
   check_out(_OUT.value, _OVERWRITE.value)
   from mergevq_jax import pretrained
   tokenizer, config, step = pretrained.load_tokenizer(_WORKDIR.value, use_ema=not _RAW.value)
-  d = config.data
-  if _SOURCE.value:
-    d.source = _SOURCE.value
-  if _PATH.value is not None:
-    d.path = _PATH.value
-  if _SPLIT.value is not None:
-    d.split = _SPLIT.value
+  sources.override_data(config, _SOURCE.value, _PATH.value, _SPLIT.value)
   source = sources.source_from_config(config)
   keep = tuple(int(k) for k in _KEEP.value) or default_keep_values(config)
   manifest = tokenize_dataset(

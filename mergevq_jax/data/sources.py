@@ -429,6 +429,19 @@ def eval_split_name(config) -> str:
   return "val" if d.source == "folder" else "eval"
 
 
+def override_data(config, source: str = "", path: str | None = None,
+                  split: str | None = None) -> None:
+  """Command-line overrides of config.data (in place): a non-empty source, and path /
+  split when given."""
+  d = config.data
+  if source:
+    d.source = source
+  if path is not None:
+    d.path = path
+  if split is not None:
+    d.split = split
+
+
 def source_from_config(config, *, train: bool = True):
   """The source `config.data` names, for training (`data.split`) or evaluation."""
   d = config.data
@@ -436,7 +449,7 @@ def source_from_config(config, *, train: bool = True):
     raise ValueError(f"config.data.source must be one of {SOURCES}, got {d.source!r}")
   split = d.split if train else eval_split_name(config)
   if d.source == "samples":
-    return SampleImages("train" if train else "eval")
+    return SampleImages(split)
   if d.source == "folder":
     if not d.path:
       raise ValueError("config.data.source='folder' needs config.data.path (the image root)")

@@ -45,8 +45,7 @@ class FeatureNets:
     self.has_logits = False
     self._inception = self._lpips = None
     if self.inception_path:
-      net, self.network_hash = inception_lib.load_inception(
-          None if inception == AUTO else self.inception_path)
+      net, self.network_hash = inception_lib.load_inception(self.inception_path)
       self.has_logits = net.has_logits
       graph, state = nnx.split(net)
       self._inception = (graph, jax.device_put(state, replicated))

@@ -96,8 +96,8 @@ class FeatureStats:
     return mu, (sigma + sigma.T) / 2
 
 
-def check_sample_size(n: int, dim: int, what: str = "images") -> list[str]:
-  """Warnings (also issued with `warnings.warn`) for a small N; returns them."""
+def check_sample_size(n: int, dim: int, what: str = "images", warn: bool = True) -> list[str]:
+  """The caveats of a small N (also issued with `warnings.warn` when `warn`)."""
   out = []
   if n <= dim:
     out.append(f"FID from {n} {what}: N <= {dim} (the feature dimension), so the covariance "
@@ -105,7 +105,7 @@ def check_sample_size(n: int, dim: int, what: str = "images") -> list[str]:
   if n < 2048:
     out.append(f"FID from {n} {what}: below 2,048 samples FID is strongly biased upwards; "
                f"papers report 50,000")
-  for msg in out:
+  for msg in out if warn else ():
     warnings.warn(msg, stacklevel=3)
   return out
 

@@ -58,16 +58,10 @@ def _data_source(config, opts: Options, train: bool):
   """(source, split name): the config's data with the overrides; `train` picks the
   training split, else the eval split, unless opts.split names one."""
   from mergevq_jax.data import sources
-  d = config.data
-  if opts.source:
-    d.source = opts.source
-  if opts.path is not None:
-    d.path = opts.path
+  sources.override_data(config, opts.source, opts.path, opts.split)
   if opts.split is not None:
-    d.split = opts.split
-    if d.source == "samples":   # its splits are fixed names, not data.split
-      return sources.SampleImages(opts.split), opts.split
     return sources.source_from_config(config, train=True), opts.split
+  d = config.data
   name = d.split if train else sources.eval_split_name(config)
   return sources.source_from_config(config, train=train), name
 

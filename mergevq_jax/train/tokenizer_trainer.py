@@ -10,7 +10,6 @@ start and end) a fixed batch is reconstructed at the smallest K and at model.num
 from __future__ import annotations
 
 import os
-import warnings
 
 import jax
 import numpy as np
@@ -241,9 +240,8 @@ class TokenizerStage(loop.Stage):
     h = self.heldout
     n = h["num_images"]
     values = {k[len("heldout_"):]: v for k, v in self.last_heldout.items()}
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      caveats = fid.check_sample_size(n, fid.FEATURE_DIM) if h["nets"].has_inception else []
+    caveats = (fid.check_sample_size(n, fid.FEATURE_DIM, warn=False)
+               if h["nets"].has_inception else [])
     return {"heldout": {"num_images": n, "weights": "ema",
                         "split": "the eval split's eval views (centre crops)",
                         "nets": h["nets"].describe(), **values,
