@@ -18,7 +18,7 @@ from mergevq_jax import pretrained
 
 from conftest import ROOT
 
-SMALL = ["--config.model.image_size=32", "--config.model.ch_mult=(1,1,2)",
+SMALL = ["--config.model.image_size=16", "--config.model.ch_mult=(1,2)",
          "--config.model.num_layers=1", "--config.model.keep_candidates=(36,)",
          "--config.model.keep_probs=(1.0,)", "--config.model.recovery.enabled=False",
          "--config.disc.enabled=False", "--config.train.batch_size=8", "--config.train.lr=1e-4",

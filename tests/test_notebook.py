@@ -1,6 +1,7 @@
 """The Colab demo notebook runs top to bottom headlessly (nbclient, its 'ci' preset: a few
-steps of every stage) without a cell error, draws every figure, and its PyTorch export
-agrees with JAX. The notebook is stored without outputs."""
+steps of every stage on a smaller model, ~80 s on 2 cores) without a cell error, draws
+every figure, and its PyTorch export agrees with JAX. The notebook is stored without
+outputs."""
 import re
 
 import pytest
@@ -18,7 +19,6 @@ def test_notebook_is_stored_without_outputs():
   assert sum("figure" in c.metadata.get("tags", []) for c in code) >= 4
 
 
-@pytest.mark.slow   # ~4 min on 2 cores: every stage compiles once (`-m slow` runs it)
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")

@@ -128,8 +128,8 @@ def test_progress_lines_without_a_terminal():
 
 
 # The demo, shrunk to compile fast (one ToMe block, one K, no recovery or discriminator).
-SMALL = ["--config=configs/demo_cpu.py", "--config.model.image_size=32",
-         "--config.model.ch_mult=(1,1,2)", "--config.model.num_layers=1",
+SMALL = ["--config=configs/demo_cpu.py", "--config.model.image_size=16",
+         "--config.model.ch_mult=(1,2)", "--config.model.num_layers=1",
          "--config.model.keep_candidates=(36,)", "--config.model.keep_probs=(1.0,)",
          "--config.model.recovery.enabled=False", "--config.disc.enabled=False",
          "--config.train.batch_size=2", "--config.data.eval_images=1",

@@ -15,12 +15,15 @@ from mergevq_jax.train.tokenizer_step import Frozen, jit_train_step, make_train_
 from conftest import load_config
 
 
+SIZE = 16
+
+
 def small_config(**train):
-  """The demo config shrunk so that a train step compiles quickly: 32x32 images,
-  /4 -> L=64, two ToMe blocks, K in {36, 49}."""
+  """The demo config shrunk so that a train step compiles quickly: 16x16 images, one
+  down-sampling level (/2 -> L=64), two ToMe blocks, K in {36, 49}."""
   cfg = load_config("demo_cpu")
   m = cfg.model
-  m.image_size, m.ch_mult, m.num_layers = 32, (1, 1, 2), 2
+  m.image_size, m.ch_mult, m.num_layers = SIZE, (1, 2), 2
   m.num_keep, m.keep_candidates, m.keep_probs = 36, (36, 49), (0.5, 0.5)
   cfg.disc.base_channels, cfg.disc.num_layers = 16, 2
   cfg.train.batch_size = 4
@@ -44,7 +47,7 @@ def build(cfg):
 def batch(seed=0, n=4):
   """Smooth images (bilinearly upsampled 4x4 noise): learnable in a few steps."""
   low = jax.random.uniform(jax.random.key(seed), (n, 4, 4, 3), minval=-1, maxval=1)
-  return {"image": jax.image.resize(low, (n, 32, 32, 3), "bilinear")}
+  return {"image": jax.image.resize(low, (n, SIZE, SIZE, 3), "bilinear")}
 
 
 def test_steps_reduce_the_loss_and_compile_once_per_k():
