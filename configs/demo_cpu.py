@@ -35,7 +35,9 @@ def get_config(platform="cpu"):
   config.loss.disc_start = 600
   config.disc.base_channels = 32
   config.data.source = "samples"
-  config.data.crop_scale = (0.3, 1.0)
+  # Crops of 70-100% of the photo: the eval views are whole photos. With (0.3, 1.0) the
+  # EMA PSNR after 500 steps (one K) was 17.91 dB, with (0.7, 1.0) 18.95 dB.
+  config.data.crop_scale = (0.7, 1.0)
   # Then: tokenize the photos (center crop + 23 random crops each) and train a tiny MergeAR
   # on the codes, one class per photo; it writes samples.png.
   config.stage2.mergear_config = os.path.join(HERE, "mergear_tiny.py")
