@@ -1,7 +1,8 @@
-"""The TPU table of docs/pods_and_clusters.md and benchmarks/RESULTS.md: the real variants compiled for v5e-16, v5p-32 and v5p-128 on this
-CPU host (`mergevq_jax.aot`; needs libtpu, no TPU): the largest per-chip training batch
-that fits, HBM used, and the compiler's estimate of images/s and MFU; MergeAR decoding
-at per-chip batch 256 with the pruned and the full cache (no guidance).
+"""The TPU table of docs/pods_and_clusters.md and benchmarks/RESULTS.md: the real variants
+compiled for v5e-16, v5p-32 and v5p-128 on this CPU host (`mergevq_jax.aot`; needs libtpu,
+no TPU): the largest per-chip training batch that fits, HBM used, and the compiler's
+estimate of images/s and MFU; MergeAR decoding at per-chip batch 256 with the pruned and
+the full cache (no guidance).
 
   python benchmarks/aot_table.py                      # every case not done yet
   python benchmarks/aot_table.py --cases mergear_l    # some of them

@@ -128,8 +128,8 @@ def as_markdown(stdout: str) -> str:
   return "\n".join(out).strip()
 
 
-def run(bench: Bench, quick: bool, log) -> tuple[str, float]:
-  """(markdown section body, seconds) of one benchmark run in its own process."""
+def run(bench: Bench, quick: bool, log) -> str:
+  """The markdown section body of one benchmark run in its own process."""
   args = list(bench.quick if quick else bench.args)
   saved = None
   if bench.name == "gpu":
@@ -155,7 +155,7 @@ def run(bench: Bench, quick: bool, log) -> tuple[str, float]:
     log(f"[{bench.name}] done in {seconds:.0f} s")
   if saved and os.path.exists(saved):
     _stamp_gpu_file(saved)
-  return body, seconds
+  return body
 
 
 def _device_slug() -> str:
@@ -212,7 +212,7 @@ def main():
   for i, bench in enumerate(chosen, 1):
     log(f"({i}/{len(chosen)}) {bench.name}: {bench.what}")
     why = missing_requirement(bench.needs)
-    body = f"Not run: {why}.\n" if why else run(bench, a.quick, log)[0]
+    body = f"Not run: {why}.\n" if why else run(bench, a.quick, log)
     if bench.name == "gpu":
       stored = stored_gpu_runs()
       body += ("\nGPU runs stored in `benchmarks/results/gpu/`:\n\n" + stored + "\n"

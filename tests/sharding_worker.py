@@ -28,7 +28,8 @@ def main():
   m.image_size, m.ch_mult, m.num_layers = 16, (1, 2), 2   # fewer to compile 8-way
   make = lambda: Tokenizer(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(make())
-  images = np.asarray(jax.random.uniform(jax.random.key(3), (8, m.image_size, m.image_size, 3), minval=-1, maxval=1))
+  images = np.asarray(jax.random.uniform(jax.random.key(3), (8, m.image_size, m.image_size, 3),
+                                         minval=-1, maxval=1))
   ref_img, ref_enc = jit_method(graphdef, "reconstruct")(state, images, num_keep=36)
   results = {}
   for shape in [(2, 4, 1), (2, 2, 2)]:   # both split the batch over 'data' too

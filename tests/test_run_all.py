@@ -35,5 +35,5 @@ def test_quick_report_of_cheap_benchmarks(tmp_path):
 
 def test_a_failing_benchmark_is_reported_not_raised():
   bench = run_all.Bench("bad", "data_bench.py", "a broken call", quick=("--no_such_flag",))
-  body, _ = run_all.run(bench, quick=True, log=lambda msg: None)
+  body = run_all.run(bench, quick=True, log=lambda msg: None)
   assert "**Failed** (exit 2)" in body and "unrecognized arguments" in body

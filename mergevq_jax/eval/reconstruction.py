@@ -172,11 +172,7 @@ def reconstruct_images(tokenizer, images: np.ndarray, keeps, recovered: bool, lp
 
   from mergevq_jax.eval.metrics import psnr_per_image
   graphdef, state = nnx.split(tokenizer)
-
-  @jax.jit
-  def lp(a, b):
-    return lpips(a, b)
-
+  lp = jax.jit(lpips) if lpips is not None else None
   out = {}
   for k in keeps:
     def run(state, x, k=k):
@@ -192,7 +188,7 @@ def reconstruct_images(tokenizer, images: np.ndarray, keeps, recovered: bool, lp
                             "source_accuracy": jnp.mean(owner == enc.owner, axis=1)}
       return res
     res = jax.tree.map(np.asarray, jax.jit(run)(state, jnp.asarray(images)))
-    if lpips is not None:
+    if lp is not None:
       res["lpips"] = np.asarray(lp(jnp.asarray(res["recon"]), jnp.asarray(images)))
     out[k] = res
   return out

@@ -153,10 +153,10 @@ class StepPerK:
   process peak is not compiler scratch plus step buffers.
 
   With `workers` > 0 (the trainer's choice on the gpu and tpu platforms, where one G+R
-  step takes minutes to compile: docs/pods_and_clusters.md, "Compiling for TPU"), the first call lowers the
-  step for every K in `candidates` and compiles them concurrently in `workers` threads
-  (XLA compiles without the GIL); a call waits only for its own K, so a new K drawn later
-  no longer stalls training for a whole compilation.
+  step takes minutes to compile: docs/pods_and_clusters.md, "Compiling for TPU"), the first
+  call lowers the step for every K in `candidates` and compiles them concurrently in
+  `workers` threads (XLA compiles without the GIL); a call waits only for its own K, so a
+  new K drawn later no longer stalls training for a whole compilation.
   """
 
   def __init__(self, jitted, candidates=(), workers: int = 0):
